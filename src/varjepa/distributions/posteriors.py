@@ -1,0 +1,273 @@
+"""Posterior families: head outputs ``[..., num_params]`` → a distribution over ``R^dim``.
+
+Every family is an ``nn.Module`` (flows own the parameters of their conditional
+transforms) built with the latent size ``dim`` injected by the model. Calling it on
+head outputs of shape ``[*batch, num_params]`` returns a ``torch.distributions``
+object with ``batch_shape == batch`` and ``event_shape == (dim,)``; it is built in
+fp32 even under autocast. Standard deviations are ``softplus(raw) + min_std`` and
+clamped at ``max_std``, never ``exp`` of an unbounded output.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as pdist
+import pyro.distributions.transforms as T
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, Normal
+
+from ..registry import ConfigError, Registry
+
+POSTERIORS: Registry[PosteriorFamily] = Registry("posterior family", "model.posterior")
+
+
+def bounded_std(raw: Tensor, min_std: float, max_std: float) -> Tensor:
+    """``softplus(raw) + min_std`` clamped to ``max_std``; same shape as ``raw``."""
+    return (F.softplus(raw) + min_std).clamp(max=max_std)
+
+
+def inverse_bounded_std(std: float, min_std: float) -> float:
+    """The raw value for which :func:`bounded_std` gives ``std`` (for initialising biases)."""
+    y = torch.tensor(max(std - min_std, 1e-6))
+    return float(y + torch.log(-torch.expm1(-y)))
+
+
+class PosteriorFamily(nn.Module):
+    """Base class of posterior families.
+
+    Args:
+        dim: latent size d (event shape ``[d]``).
+        min_std / max_std: bounds of every standard deviation.
+        init_std: standard deviation produced by a zero head output, so that a
+            zero-initialised head starts at this spread.
+    """
+
+    #: whether ``kl_divergence(q, Normal)`` is analytic for this family.
+    analytic_kl: bool = True
+    #: whether the family has a non-zero spread (False only for dirac).
+    stochastic: bool = True
+
+    def __init__(self, dim: int, min_std: float = 1e-3, max_std: float = 20.0, init_std: float = 1.0):
+        super().__init__()
+        if dim < 1:
+            raise ConfigError(f"model.posterior: latent size dim = {dim}; must be >= 1")
+        if not 0 < min_std < init_std < max_std:
+            raise ConfigError(
+                f"model.posterior: need 0 < min_std < init_std < max_std, got "
+                f"{min_std}, {init_std}, {max_std}"
+            )
+        self.dim = dim
+        self.min_std = min_std
+        self.max_std = max_std
+        self._std_offset = inverse_bounded_std(init_std, min_std)
+
+    @property
+    def num_params(self) -> int:
+        """How many numbers the head must output per token."""
+        raise NotImplementedError
+
+    def std(self, raw: Tensor) -> Tensor:
+        """Bounded standard deviations from raw head outputs (same shape)."""
+        return bounded_std(raw + self._std_offset, self.min_std, self.max_std)
+
+    def build(self, params: Tensor) -> Distribution:
+        """The distribution for fp32 ``params`` of shape ``[*batch, num_params]``."""
+        raise NotImplementedError
+
+    def forward(self, params: Tensor) -> Distribution:
+        """``[*batch, num_params]`` head outputs → distribution with event ``[dim]`` (fp32)."""
+        if params.shape[-1] != self.num_params:
+            raise ValueError(
+                f"{type(self).__name__}: head outputs {params.shape[-1]} numbers per token, "
+                f"the family needs {self.num_params} (dim={self.dim})"
+            )
+        with torch.autocast(device_type=params.device.type, enabled=False):
+            return self.build(params.float())
+
+    def mean(self, dist: Distribution) -> Tensor:
+        """Mean ``[*batch, dim]``."""
+        return dist.mean
+
+    def marginal_std(self, dist: Distribution) -> Tensor:
+        """Per-dimension marginal standard deviation ``[*batch, dim]``."""
+        return dist.variance.clamp_min(0).sqrt()
+
+    def uncertainty(self, dist: Distribution) -> Tensor:
+        """Scalar spread per token ``[*batch]``: the mean marginal std over dimensions."""
+        return self.marginal_std(dist).mean(-1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_params={self.num_params}"
+
+
+@POSTERIORS.register("dirac")
+class Dirac(PosteriorFamily):
+    """Point estimate (Dirac delta at the head output): deterministic JEPA's posterior."""
+
+    analytic_kl = False
+    stochastic = False
+
+    @property
+    def num_params(self) -> int:
+        return self.dim
+
+    def build(self, params: Tensor) -> Distribution:
+        return pdist.Delta(params, event_dim=1)
+
+    def marginal_std(self, dist: Distribution) -> Tensor:
+        return torch.zeros_like(dist.v)
+
+
+@POSTERIORS.register("diag_gaussian")
+class DiagGaussian(PosteriorFamily):
+    """Diagonal Gaussian ``N(μ, diag σ²)``: head outputs ``[μ (d), raw σ (d)]``."""
+
+    @property
+    def num_params(self) -> int:
+        return 2 * self.dim
+
+    def build(self, params: Tensor) -> Distribution:
+        loc, raw = params.split(self.dim, dim=-1)
+        return Independent(Normal(loc, self.std(raw)), 1)
+
+
+@POSTERIORS.register("lowrank_gaussian")
+class LowRankGaussian(PosteriorFamily):
+    """Gaussian with covariance ``W Wᵀ + diag σ²``, ``W`` of rank ``rank`` < d.
+
+    Head outputs ``[μ (d), W (d·r), raw σ (d)]``; ``W`` is scaled by ``factor_scale`` so a
+    freshly initialised head starts near the diagonal family.
+    """
+
+    def __init__(self, dim: int, rank: int = 4, factor_scale: float = 0.1, **kwargs):
+        super().__init__(dim, **kwargs)
+        if not 1 <= rank < dim:
+            raise ConfigError(f"model.posterior.rank = {rank}; must satisfy 1 <= rank < dim = {dim}")
+        self.rank = rank
+        self.factor_scale = factor_scale
+
+    @property
+    def num_params(self) -> int:
+        return self.dim * (self.rank + 2)
+
+    def build(self, params: Tensor) -> Distribution:
+        d, r = self.dim, self.rank
+        loc, factor, raw = params.split([d, d * r, d], dim=-1)
+        factor = self.factor_scale * factor.unflatten(-1, (d, r))
+        return LowRankMultivariateNormal(loc, factor, self.std(raw).square())
+
+
+def mixture_moments(dist: pdist.MixtureOfDiagNormals) -> tuple[Tensor, Tensor]:
+    """Exact mean and per-dimension variance ``[*batch, d]`` of a diagonal mixture."""
+    w = torch.softmax(dist.component_logits, -1).unsqueeze(-1)  # [*batch, K, 1]
+    mean = (w * dist.locs).sum(-2)
+    second = (w * (dist.coord_scale.square() + dist.locs.square())).sum(-2)
+    return mean, (second - mean.square()).clamp_min(0)
+
+
+@POSTERIORS.register("mixture")
+class Mixture(PosteriorFamily):
+    """Mixture of ``components`` diagonal Gaussians, reparameterised
+    (``pyro.distributions.MixtureOfDiagNormals``). Head outputs
+    ``[μ (K·d), raw σ (K·d), logits (K)]``; KL is Monte Carlo."""
+
+    analytic_kl = False
+
+    def __init__(self, dim: int, components: int = 4, **kwargs):
+        super().__init__(dim, **kwargs)
+        if components < 1:
+            raise ConfigError(f"model.posterior.components = {components}; must be >= 1")
+        self.components = components
+
+    @property
+    def num_params(self) -> int:
+        return self.components * (2 * self.dim + 1)
+
+    def build(self, params: Tensor) -> Distribution:
+        k, d = self.components, self.dim
+        locs, raw, logits = params.split([k * d, k * d, k], dim=-1)
+        return pdist.MixtureOfDiagNormals(
+            locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
+        )
+
+    def mean(self, dist: Distribution) -> Tensor:
+        return mixture_moments(dist)[0]
+
+    def marginal_std(self, dist: Distribution) -> Tensor:
+        return mixture_moments(dist)[1].sqrt()
+
+
+FLOW_TRANSFORMS = {
+    "affine_autoregressive": T.conditional_affine_autoregressive,
+    "affine_coupling": T.conditional_affine_coupling,
+    "spline": T.conditional_spline,
+    "spline_autoregressive": T.conditional_spline_autoregressive,
+}
+
+
+@POSTERIORS.register("flow")
+class Flow(PosteriorFamily):
+    """Normalizing flow: diagonal Gaussian base followed by ``depth`` invertible Pyro
+    conditional transforms of type ``transform``, conditioned on a per-token context
+    vector of size ``context_dim`` that the head also outputs.
+
+    Head outputs ``[μ (d), raw σ (d), context (c)]``. KL, mean and spread are estimated by
+    sampling (``num_moment_samples``). Autoregressive transforms reverse the coordinate
+    order between layers so every dimension conditions on every other.
+    """
+
+    analytic_kl = False
+
+    def __init__(
+        self,
+        dim: int,
+        transform: str = "affine_autoregressive",
+        depth: int = 2,
+        context_dim: int = 16,
+        hidden_dims: list[int] | None = None,
+        num_moment_samples: int = 16,
+        **kwargs,
+    ):
+        super().__init__(dim, **kwargs)
+        if transform not in FLOW_TRANSFORMS:
+            raise ConfigError(
+                f"model.posterior.transform = '{transform}'; allowed: {', '.join(sorted(FLOW_TRANSFORMS))}"
+            )
+        if depth < 1:
+            raise ConfigError(f"model.posterior.depth = {depth}; must be >= 1")
+        if dim < 2 and transform != "spline":
+            raise ConfigError(f"model.posterior: flow transform '{transform}' needs dim >= 2, got {dim}")
+        self.transform, self.depth, self.context_dim = transform, depth, context_dim
+        self.num_moment_samples = num_moment_samples
+        hidden = list(hidden_dims) if hidden_dims else [max(2 * dim, 32)]
+        self.transforms = nn.ModuleList(
+            FLOW_TRANSFORMS[transform](dim, context_dim, hidden_dims=hidden) for _ in range(depth)
+        )
+        self.register_buffer("reverse", torch.arange(dim - 1, -1, -1), persistent=False)
+
+    @property
+    def num_params(self) -> int:
+        return 2 * self.dim + self.context_dim
+
+    def build(self, params: Tensor) -> Distribution:
+        loc, raw, context = params.split([self.dim, self.dim, self.context_dim], dim=-1)
+        base = Independent(Normal(loc, self.std(raw)), 1)
+        chain: list = []
+        for i, t in enumerate(self.transforms):
+            if i > 0 and self.transform != "spline":
+                chain.append(T.Permute(self.reverse))
+            chain.append(t.condition(context))
+        return pdist.TransformedDistribution(base, chain)
+
+    def _samples(self, dist: Distribution) -> Tensor:
+        return dist.rsample((self.num_moment_samples,))
+
+    def mean(self, dist: Distribution) -> Tensor:
+        return self._samples(dist).mean(0)
+
+    def marginal_std(self, dist: Distribution) -> Tensor:
+        return self._samples(dist).std(0)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, transform={self.transform}, depth={self.depth}"
