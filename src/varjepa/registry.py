@@ -72,13 +72,17 @@ class Registry(Generic[T]):
         option = option or self.option
         if isinstance(spec, str):
             return self.get(spec, option), {}
+        if isinstance(spec, Mapping) and "name" in spec and not isinstance(spec["name"], str):
+            raise ConfigError(f"{option}: 'name' must be a string, got {spec['name']!r}")
         if isinstance(spec, Mapping):
             opts = dict(spec)
             if "class_path" in opts:
                 builder = import_class_path(opts.pop("class_path"), option)
                 init_args = dict(opts.pop("init_args", None) or {})
                 if opts:
-                    raise ConfigError(f"{option}: with class_path only 'init_args' is allowed, got {sorted(opts)}")
+                    raise ConfigError(
+                        f"{option}: with class_path only 'init_args' is allowed, got {sorted(opts)}"
+                    )
                 return builder, init_args
             if "name" not in opts:
                 raise ConfigError(
@@ -105,8 +109,14 @@ class Registry(Generic[T]):
             )
         try:
             return builder(**opts, **injected)
+        except ConfigError as e:
+            if str(e).startswith(option):
+                raise
+            raise ConfigError(f"{option}: {e}") from None
         except TypeError as e:
-            raise ConfigError(f"{option}: bad options {opts} for {self.kind} '{builder.__name__}': {e}") from e
+            raise ConfigError(
+                f"{option}: bad options {opts} for {self.kind} '{builder.__name__}': {e}"
+            ) from e
 
 
 def import_class_path(path: str, option: str) -> Callable[..., Any]:

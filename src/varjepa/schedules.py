@@ -64,7 +64,8 @@ def cyclical(step: int, total: int, value: float, cycles: int = 4, ratio: float 
 
 
 def warmup_cosine(step: int, total: int, warmup: float, final: float = 0.0) -> float:
-    """Learning-rate multiplier: linear warm-up from 0 to 1, then cosine from 1 to ``final``."""
+    """Learning-rate multiplier: linear warm-up ``(step + 1) / (n + 1)`` over the first ``n`` steps
+    (never exactly 0), then cosine from 1 to ``final`` at the last step."""
     n = _steps(warmup, total)
     if step < n:
         return float(step + 1) / float(n + 1)
@@ -179,7 +180,10 @@ def build_schedule(spec: float | str | dict | Schedule, option: str, nonnegative
     if isinstance(spec, int | float):
         sched: Schedule = Constant(float(spec))
     else:
-        sched = SCHEDULES.build(spec, option)
+        try:
+            sched = SCHEDULES.build(spec, option)
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(option) else f"{option}: {e}") from None
         if not isinstance(sched, Schedule):
             raise ConfigError(f"{option}: {spec!r} is not a schedule")
     if nonnegative:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 from torch.distributions import (
     Distribution,
@@ -37,9 +36,7 @@ def _kl_mvn_diag(q: Distribution, p: Independent) -> Tensor:
     # q's mean and marginal variances.
     base = _diag_normal(p)
     var_p = base.scale.square()
-    ce = 0.5 * (
-        (2 * math.pi * var_p).log() + ((q.mean - base.loc).square() + q.variance) / var_p
-    ).sum(-1)
+    ce = 0.5 * ((2 * math.pi * var_p).log() + ((q.mean - base.loc).square() + q.variance) / var_p).sum(-1)
     return ce - q.entropy()
 
 

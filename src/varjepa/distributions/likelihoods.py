@@ -33,7 +33,7 @@ class Gaussian(nn.Module):
         self.sigma = _positive("model.likelihood", "sigma", sigma)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Normal(z.float(), self.sigma), 1)
+        return Independent(Normal(z.float(), self.sigma, validate_args=False), 1, validate_args=False)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, sigma={self.sigma}"
@@ -47,7 +47,9 @@ class GaussianLearned(nn.Module):
         super().__init__()
         _positive("model.likelihood", "init_sigma", init_sigma)
         if not 0 < min_std < init_sigma:
-            raise ConfigError(f"model.likelihood.min_std = {min_std}; must be in (0, init_sigma={init_sigma})")
+            raise ConfigError(
+                f"model.likelihood.min_std = {min_std}; must be in (0, init_sigma={init_sigma})"
+            )
         self.dim, self.min_std = dim, min_std
         self.raw_sigma = nn.Parameter(torch.full((dim,), inverse_bounded_std(init_sigma, min_std)))
 
@@ -57,7 +59,7 @@ class GaussianLearned(nn.Module):
         return bounded_std(self.raw_sigma.float(), self.min_std, 1e3)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Normal(z.float(), self.sigma), 1)
+        return Independent(Normal(z.float(), self.sigma, validate_args=False), 1, validate_args=False)
 
 
 @LIKELIHOODS.register("laplace")
@@ -70,4 +72,4 @@ class LaplaceLikelihood(nn.Module):
         self.scale = _positive("model.likelihood", "scale", scale)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Laplace(z.float(), self.scale), 1)
+        return Independent(Laplace(z.float(), self.scale, validate_args=False), 1, validate_args=False)

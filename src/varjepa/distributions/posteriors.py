@@ -4,12 +4,14 @@ Every family is an ``nn.Module`` (flows own the parameters of their conditional
 transforms) built with the latent size ``dim`` injected by the model. Calling it on
 head outputs of shape ``[*batch, num_params]`` returns a ``torch.distributions``
 object with ``batch_shape == batch`` and ``event_shape == (dim,)``; it is built in
-fp32 even under autocast. Standard deviations are ``softplus(raw) + min_std`` and
+fp32 even under autocast, without argument validation (NaN/Inf are reported by the ELBO's
+finiteness check, which names the term). Standard deviations are ``softplus(raw) + min_std`` and
 clamped at ``max_std``, never ``exp`` of an unbounded output.
 """
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as pdist
 import pyro.distributions.transforms as T
 import torch
@@ -82,7 +84,7 @@ class PosteriorFamily(nn.Module):
                 f"{type(self).__name__}: head outputs {params.shape[-1]} numbers per token, "
                 f"the family needs {self.num_params} (dim={self.dim})"
             )
-        with torch.autocast(device_type=params.device.type, enabled=False):
+        with torch.autocast(device_type=params.device.type, enabled=False), pyro.validation_enabled(False):
             return self.build(params.float())
 
     def mean(self, dist: Distribution) -> Tensor:
@@ -158,6 +160,21 @@ class LowRankGaussian(PosteriorFamily):
         return LowRankMultivariateNormal(loc, factor, self.std(raw).square())
 
 
+class BatchedMixtureOfDiagNormals(pdist.MixtureOfDiagNormals):
+    """``MixtureOfDiagNormals`` whose ``rsample(sample_shape)`` works with batch dimensions
+    (Pyro's own gathers with mismatched shapes when both are present): the parameters are
+    expanded to ``sample_shape + batch_shape`` and one draw is taken."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        if not sample_shape or not self.batch_shape:
+            return super().rsample(sample_shape)
+        shape = sample_shape + self.locs.shape
+        return pdist.MixtureOfDiagNormals(
+            self.locs.expand(shape), self.coord_scale.expand(shape), self.component_logits.expand(shape[:-1])
+        ).rsample()
+
+
 def mixture_moments(dist: pdist.MixtureOfDiagNormals) -> tuple[Tensor, Tensor]:
     """Exact mean and per-dimension variance ``[*batch, d]`` of a diagonal mixture."""
     w = torch.softmax(dist.component_logits, -1).unsqueeze(-1)  # [*batch, K, 1]
@@ -187,7 +204,7 @@ class Mixture(PosteriorFamily):
     def build(self, params: Tensor) -> Distribution:
         k, d = self.components, self.dim
         locs, raw, logits = params.split([k * d, k * d, k], dim=-1)
-        return pdist.MixtureOfDiagNormals(
+        return BatchedMixtureOfDiagNormals(
             locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
         )
 

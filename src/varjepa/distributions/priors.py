@@ -36,7 +36,9 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(dim), persistent=False)
 
     def forward(self) -> Distribution:
-        return Independent(Normal(self.loc.float(), self.scale.float()), 1)
+        return Independent(
+            Normal(self.loc.float(), self.scale.float(), validate_args=False), 1, validate_args=False
+        )
 
 
 @PRIORS.register("learned_diagonal")
@@ -50,7 +52,13 @@ class LearnedDiagonal(Prior):
         self.raw_scale = nn.Parameter(torch.full((dim,), inverse_bounded_std(1.0, min_std)))
 
     def forward(self) -> Distribution:
-        return Independent(Normal(self.loc.float(), bounded_std(self.raw_scale.float(), self.min_std, 1e3)), 1)
+        return Independent(
+            Normal(
+                self.loc.float(), bounded_std(self.raw_scale.float(), self.min_std, 1e3), validate_args=False
+            ),
+            1,
+            validate_args=False,
+        )
 
 
 @PRIORS.register("mixture_of_gaussians")
@@ -69,5 +77,15 @@ class MixtureOfGaussians(Prior):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def forward(self) -> Distribution:
-        comp = Independent(Normal(self.locs.float(), bounded_std(self.raw_scales.float(), self.min_std, 1e3)), 1)
-        return MixtureSameFamily(Categorical(logits=self.logits.float()), comp)
+        comp = Independent(
+            Normal(
+                self.locs.float(),
+                bounded_std(self.raw_scales.float(), self.min_std, 1e3),
+                validate_args=False,
+            ),
+            1,
+            validate_args=False,
+        )
+        return MixtureSameFamily(
+            Categorical(logits=self.logits.float(), validate_args=False), comp, validate_args=False
+        )

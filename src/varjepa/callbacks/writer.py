@@ -1,0 +1,45 @@
+"""Writes ``varjepa predict`` outputs to ``predictions.npz`` in the run's log dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Concatenates every predict batch's dict of tensors and saves them as ``predictions.npz``.
+
+    Keys are those ``VarJEPA.predict_step`` returns (``embedding`` [N, D], ``label`` [N],
+    ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
+
+    Args:
+        output_dir: where to write; default the trainer's log dir.
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_dir = output_dir
+        self.path: Path | None = None
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices
+    ) -> None:
+        if predictions and isinstance(predictions[0], list):  # several dataloaders
+            predictions = [p for dl in predictions for p in dl]
+        keys = predictions[0].keys()
+        arrays = {k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in keys}
+        out = Path(self.output_dir or trainer.log_dir or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        name = "predictions.npz" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.npz"
+        self.path = out / name
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(self.path)
+        rank_zero_info(
+            f"predictions ({', '.join(f'{k} {arrays[k].shape}' for k in keys)}) written to {self.path}"
+        )

@@ -1,0 +1,18 @@
+"""DataModules: digits (embedded default), image folders and CIFAR-10 (users' data)."""
+
+from .base import IndexedDataset, JEPADataModule
+from .collate import MaskCollator, stack_samples
+from .digits import DigitsDataModule, digits_splits
+from .images import CIFAR10DataModule, ImageFolderDataModule, image_transforms
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "IndexedDataset",
+    "JEPADataModule",
+    "MaskCollator",
+    "digits_splits",
+    "image_transforms",
+    "stack_samples",
+]

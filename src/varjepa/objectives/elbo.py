@@ -1,0 +1,96 @@
+"""The one shared ELBO: a weighted sum of named terms, each with its own schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import ConfigError
+from .outputs import JEPAOutputs
+from .terms import Term
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN/Inf; the message names the step and the term."""
+
+
+@dataclass
+class ELBOResult:
+    """Loss and its parts for one batch.
+
+    Attributes:
+        loss: the weighted sum (scalar, differentiable).
+        values: unweighted value of every defined term (scalars).
+        weights: each term's weight at this step.
+        methods: how each term was computed where that varies (e.g. KL analytic / monte_carlo).
+    """
+
+    loss: Tensor
+    values: dict[str, Tensor]
+    weights: dict[str, float]
+    methods: dict[str, str]
+
+
+class ELBO(nn.Module):
+    """``loss = Σ_i w_i(step, total) · term_i(outputs)``.
+
+    Terms whose weight is 0 at this step are evaluated without gradient, only for the logs.
+    Terms that are undefined for the configured family (a Dirac KL) are skipped.
+
+    Args:
+        terms: the named terms; a preset is such a list.
+    """
+
+    def __init__(self, terms: list[Term]):
+        super().__init__()
+        if not terms:
+            raise ConfigError("model.objective: an ELBO needs at least one term")
+        names = [t.name for t in terms]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"model.objective: term names must be unique, repeated: {sorted(dup)}")
+        self.terms = nn.ModuleList(terms)
+
+    def requires(self, field: str) -> bool:
+        """Whether any term reads the optional output ``field`` (e.g. ``"target_dist"``)."""
+        return any(field in t.requires for t in self.terms)
+
+    def validate(self, family, target_family=None) -> None:
+        """Check every term against the configured families (ConfigError on conflicts)."""
+        for t in self.terms:
+            t.validate(family, target_family)
+
+    def forward(self, out: JEPAOutputs, step: int, total: int) -> ELBOResult:
+        values: dict[str, Tensor] = {}
+        weights: dict[str, float] = {}
+        methods: dict[str, str] = {}
+        loss = out.target.new_zeros((), dtype=torch.float32)
+        with torch.autocast(device_type=out.target.device.type, enabled=False):
+            for t in self.terms:
+                if not t.defined(out):
+                    continue
+                w = t.weight(step, total)
+                if w == 0:
+                    with torch.no_grad():
+                        v = t(out)
+                else:
+                    v = t(out)
+                    loss = loss + w * v
+                values[t.name], weights[t.name] = v, w
+                if t.method is not None:
+                    methods[t.name] = t.method
+        return ELBOResult(loss, values, weights, methods)
+
+
+def check_finite(result: ELBOResult, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step and every term that is NaN/Inf."""
+    if torch.isfinite(result.loss):
+        return
+    bad = {k: float(v.detach()) for k, v in result.values.items() if not torch.isfinite(v)}
+    where = ", ".join(f"'{k}' = {v}" for k, v in bad.items()) or "the weighted sum overflowed"
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step}: {where} (weights {result.weights}). "
+        "Lower the learning rate, raise min_std, or check the input batch."
+    )

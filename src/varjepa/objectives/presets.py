@@ -1,0 +1,44 @@
+"""Objective presets: each returns a list of terms (composition, not flags).
+
+``predictive`` (default, DESIGN §2a), ``target_posterior`` (§2b) and ``jepa`` (deterministic
+I-JEPA regression). A new formulation registers one more function here; the training loop
+does not change.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import Registry
+from ..schedules import Schedule
+from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, Term
+
+OBJECTIVES: Registry[list[Term]] = Registry("objective preset", "model.objective")
+
+
+@OBJECTIVES.register("predictive")
+def predictive(
+    prior: nn.Module, likelihood: nn.Module, beta: Schedule, num_samples: int = 1, kl_samples: int = 4
+) -> list[Term]:
+    """``−E_q[log p(z̄|z)] + β(t)·KL(q_φ(z|x_c,ξ) ‖ p(z))``: terms ``nll`` and ``kl``."""
+    return [
+        ExpectedNLL(likelihood, "nll", num_samples=num_samples),
+        KLToPrior(prior, "kl", weight=beta, source="pred", num_samples=kl_samples),
+    ]
+
+
+@OBJECTIVES.register("target_posterior")
+def target_posterior(
+    prior: nn.Module, likelihood: nn.Module, beta: Schedule, num_samples: int = 1, kl_samples: int = 4
+) -> list[Term]:
+    """``E_{z_t~q̄}[−log p_φ(z_t|x_c,ξ)] + β(t)·KL(q̄(z_t|x) ‖ p(z))``: terms ``nll`` and ``kl``."""
+    return [
+        PredictiveNLL("nll", num_samples=num_samples),
+        KLToPrior(prior, "kl", weight=beta, source="target", num_samples=kl_samples),
+    ]
+
+
+@OBJECTIVES.register("jepa")
+def jepa(prior: nn.Module, likelihood: nn.Module, beta: Schedule, loss: str = "mse") -> list[Term]:
+    """I-JEPA's deterministic regression of the predicted mean onto ``z̄`` (term ``mse``/``smooth_l1``)."""
+    return [Regression(loss, loss=loss)]

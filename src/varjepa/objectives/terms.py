@@ -1,0 +1,156 @@
+"""Named ELBO terms. Each term computes one unweighted scalar from :class:`JEPAOutputs`;
+the :class:`~varjepa.objectives.elbo.ELBO` weights it by its own schedule and logs it.
+
+Losses are per token: summed over the d latent dimensions, averaged over target tokens and
+the batch. Terms are ``nn.Module``s so they may own parameters (priors, likelihoods,
+decoders of later presets).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributions import kl_divergence
+from ..registry import ConfigError
+from ..schedules import Constant, Schedule
+from .outputs import JEPAOutputs
+
+
+class Term(nn.Module):
+    """Base class of ELBO terms.
+
+    Args:
+        name: the term's name in logs (``train/<name>``); unique within an ELBO.
+        weight: schedule of its weight in the loss.
+        requires: the optional :class:`JEPAOutputs` fields the term reads (e.g. ``target_dist``).
+    """
+
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, name: str, weight: Schedule | None = None):
+        super().__init__()
+        self.name = name
+        self.weight = weight if weight is not None else Constant(1.0)
+        #: how the last value was computed ("analytic"/"monte_carlo" for KL terms)
+        self.method: str | None = None
+
+    def defined(self, out: JEPAOutputs) -> bool:
+        """Whether the term has a value for these outputs (a KL of a Dirac posterior has none)."""
+        return True
+
+    def validate(self, family, target_family=None) -> None:
+        """Raise a ConfigError if the term cannot work with the configured families."""
+
+    def forward(self, out: JEPAOutputs) -> Tensor:  # pragma: no cover - abstract
+        """Unweighted scalar value for one batch."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weight={self.weight}"
+
+
+class ExpectedNLL(Term):
+    """``−E_{z~q_φ}[log p(z̄ | z)]`` with ``num_samples`` reparameterised samples (predictive ELBO)."""
+
+    def __init__(self, likelihood: nn.Module, name: str = "nll", weight=None, num_samples: int = 1):
+        super().__init__(name, weight)
+        if num_samples < 1:
+            raise ConfigError(f"model.objective.num_samples = {num_samples}; must be >= 1")
+        self.likelihood = likelihood
+        self.num_samples = num_samples
+
+    def forward(self, out: JEPAOutputs) -> Tensor:
+        if out.family.stochastic:
+            z = out.pred.rsample((self.num_samples,))  # [S, B, T, d]
+        else:
+            z = out.family.mean(out.pred).unsqueeze(0)
+        return -self.likelihood(z).log_prob(out.target.float()).mean()
+
+
+class KLToPrior(Term):
+    """``KL(q ‖ p(z))`` of the predictor's (``source="pred"``) or target encoder's
+    (``source="target"``) distribution to a prior; analytic or Monte Carlo with
+    ``num_samples`` samples, chosen automatically (see ``self.method``)."""
+
+    def __init__(
+        self, prior: nn.Module, name: str = "kl", weight=None, source: str = "pred", num_samples: int = 4
+    ):
+        super().__init__(name, weight)
+        if source not in ("pred", "target"):
+            raise ConfigError(f"KL term source = '{source}'; allowed: pred, target")
+        if num_samples < 1:
+            raise ConfigError(f"model.objective.kl_samples = {num_samples}; must be >= 1")
+        self.prior = prior
+        self.source = source
+        self.num_samples = num_samples
+        if source == "target":
+            self.requires = ("target_dist",)
+
+    def _family(self, out: JEPAOutputs):
+        return out.family if self.source == "pred" else out.target_family
+
+    def validate(self, family, target_family=None) -> None:
+        fam = family if self.source == "pred" else target_family
+        if fam is not None and not fam.stochastic and not self.weight.is_zero():
+            raise ConfigError(
+                f"model.beta = {self.weight}: KL(q‖p) with a 'dirac' {'posterior' if self.source == 'pred' else 'target posterior'} "
+                "is undefined (a point mass has no density). Allowed: beta: 0 with dirac, or a "
+                "stochastic family (diag_gaussian, lowrank_gaussian, mixture, flow)."
+            )
+
+    def defined(self, out: JEPAOutputs) -> bool:
+        fam = self._family(out)
+        return fam is not None and fam.stochastic
+
+    def forward(self, out: JEPAOutputs) -> Tensor:
+        q = out.pred if self.source == "pred" else out.target_dist
+        kl, self.method = kl_divergence(q, self.prior(), self.num_samples)
+        return kl.mean()
+
+
+class PredictiveNLL(Term):
+    """``E_{z_t~q̄}[−log p_φ(z_t | x_c, ξ)]``: the predictor's negative log density of samples of the
+    target encoder's distribution (target-posterior ELBO, Huang 2026)."""
+
+    requires = ("target_dist",)
+
+    def __init__(self, name: str = "nll", weight=None, num_samples: int = 1):
+        super().__init__(name, weight)
+        self.num_samples = num_samples
+
+    def validate(self, family, target_family=None) -> None:
+        if not family.stochastic:
+            raise ConfigError(
+                "model.posterior = 'dirac' cannot score target samples (no density); the "
+                "target_posterior objective needs a stochastic posterior family"
+            )
+
+    def forward(self, out: JEPAOutputs) -> Tensor:
+        if out.target_family.stochastic:
+            z = out.target_dist.rsample((self.num_samples,))
+        else:
+            z = out.target_family.mean(out.target_dist).unsqueeze(0)
+        return -out.pred.log_prob(z).mean()
+
+
+class Regression(Term):
+    """Deterministic JEPA loss between the predicted mean and ``z̄``: ``"mse"`` or ``"smooth_l1"``,
+    averaged over elements (I-JEPA's reduction)."""
+
+    def __init__(self, name: str = "mse", weight=None, loss: str = "mse"):
+        super().__init__(name, weight)
+        if loss not in ("mse", "smooth_l1"):
+            raise ConfigError(f"model.objective.loss = '{loss}'; allowed: mse, smooth_l1")
+        self.loss = loss
+
+    def forward(self, out: JEPAOutputs) -> Tensor:
+        pred = out.family.mean(out.pred)
+        fn = F.mse_loss if self.loss == "mse" else F.smooth_l1_loss
+        return fn(pred, out.target.to(pred.dtype))
+
+
+def as_float(x: Tensor | float) -> float:
+    """A Python float from a scalar tensor or number."""
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
