@@ -6,6 +6,8 @@ the same batch shape and event ``[dim]``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Laplace, Normal
@@ -14,6 +16,12 @@ from ..registry import ConfigError, Registry
 from .posteriors import bounded_std, inverse_bounded_std
 
 LIKELIHOODS: Registry[nn.Module] = Registry("likelihood", "model.likelihood")
+
+
+def gaussian_expected_nll(mean: Tensor, var: Tensor, target: Tensor, sigma2: Tensor) -> Tensor:
+    """``E_{z~q}[−log N(z̄; z, σ²)] = Σ_d [((μ_d − z̄_d)² + v_d) / (2σ_d²) + ½ log(2πσ_d²)]`` for any q
+    with mean μ and marginal variance v (exact: no sampling noise). Shapes ``[*batch, d]`` → ``[*batch]``."""
+    return (0.5 * ((mean - target).square() + var) / sigma2 + 0.5 * torch.log(2 * math.pi * sigma2)).sum(-1)
 
 
 def _positive(option: str, name: str, value: float) -> float:
@@ -34,6 +42,11 @@ class Gaussian(nn.Module):
 
     def forward(self, z: Tensor) -> Distribution:
         return Independent(Normal(z.float(), self.sigma, validate_args=False), 1, validate_args=False)
+
+    def expected_nll(self, mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
+        """Closed form of ``E_{z~q}[−log p(z̄ | z)]`` from q's mean and marginal variance ``[*batch, d]``;
+        returns ``[*batch]``."""
+        return gaussian_expected_nll(mean, var, target, torch.as_tensor(self.sigma**2, device=mean.device))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, sigma={self.sigma}"
@@ -60,6 +73,10 @@ class GaussianLearned(nn.Module):
 
     def forward(self, z: Tensor) -> Distribution:
         return Independent(Normal(z.float(), self.sigma, validate_args=False), 1, validate_args=False)
+
+    def expected_nll(self, mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
+        """Closed form of ``E_{z~q}[−log p(z̄ | z)]`` (see :func:`gaussian_expected_nll`)."""
+        return gaussian_expected_nll(mean, var, target, self.sigma.square())
 
 
 @LIKELIHOODS.register("laplace")

@@ -49,6 +49,9 @@ class PosteriorFamily(nn.Module):
     analytic_kl: bool = True
     #: whether the family has a non-zero spread (False only for dirac).
     stochastic: bool = True
+    #: whether mean and marginal variance are exact (not sampled); enables closed-form
+    #: expected log-likelihoods.
+    exact_moments: bool = True
 
     def __init__(self, dim: int, min_std: float = 1e-3, max_std: float = 20.0, init_std: float = 1.0):
         super().__init__()
@@ -91,9 +94,13 @@ class PosteriorFamily(nn.Module):
         """Mean ``[*batch, dim]``."""
         return dist.mean
 
+    def marginal_variance(self, dist: Distribution) -> Tensor:
+        """Per-dimension marginal variance ``[*batch, dim]``."""
+        return dist.variance.clamp_min(0)
+
     def marginal_std(self, dist: Distribution) -> Tensor:
         """Per-dimension marginal standard deviation ``[*batch, dim]``."""
-        return dist.variance.clamp_min(0).sqrt()
+        return self.marginal_variance(dist).sqrt()
 
     def uncertainty(self, dist: Distribution) -> Tensor:
         """Scalar spread per token ``[*batch]``: the mean marginal std over dimensions."""
@@ -117,7 +124,7 @@ class Dirac(PosteriorFamily):
     def build(self, params: Tensor) -> Distribution:
         return pdist.Delta(params, event_dim=1)
 
-    def marginal_std(self, dist: Distribution) -> Tensor:
+    def marginal_variance(self, dist: Distribution) -> Tensor:
         return torch.zeros_like(dist.v)
 
 
@@ -211,8 +218,8 @@ class Mixture(PosteriorFamily):
     def mean(self, dist: Distribution) -> Tensor:
         return mixture_moments(dist)[0]
 
-    def marginal_std(self, dist: Distribution) -> Tensor:
-        return mixture_moments(dist)[1].sqrt()
+    def marginal_variance(self, dist: Distribution) -> Tensor:
+        return mixture_moments(dist)[1]
 
 
 FLOW_TRANSFORMS = {
@@ -235,6 +242,7 @@ class Flow(PosteriorFamily):
     """
 
     analytic_kl = False
+    exact_moments = False
 
     def __init__(
         self,
@@ -283,8 +291,8 @@ class Flow(PosteriorFamily):
     def mean(self, dist: Distribution) -> Tensor:
         return self._samples(dist).mean(0)
 
-    def marginal_std(self, dist: Distribution) -> Tensor:
-        return self._samples(dist).std(0)
+    def marginal_variance(self, dist: Distribution) -> Tensor:
+        return self._samples(dist).var(0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, transform={self.transform}, depth={self.depth}"

@@ -18,11 +18,17 @@ OBJECTIVES: Registry[list[Term]] = Registry("objective preset", "model.objective
 
 @OBJECTIVES.register("predictive")
 def predictive(
-    prior: nn.Module, likelihood: nn.Module, beta: Schedule, num_samples: int = 1, kl_samples: int = 4
+    prior: nn.Module,
+    likelihood: nn.Module,
+    beta: Schedule,
+    num_samples: int = 1,
+    kl_samples: int = 4,
+    analytic_nll: bool = True,
 ) -> list[Term]:
-    """``−E_q[log p(z̄|z)] + β(t)·KL(q_φ(z|x_c,ξ) ‖ p(z))``: terms ``nll`` and ``kl``."""
+    """``−E_q[log p(z̄|z)] + β(t)·KL(q_φ(z|x_c,ξ) ‖ p(z))``: terms ``nll`` and ``kl``. The expected
+    log-likelihood is closed-form where possible (``analytic_nll``), else ``num_samples`` samples."""
     return [
-        ExpectedNLL(likelihood, "nll", num_samples=num_samples),
+        ExpectedNLL(likelihood, "nll", num_samples=num_samples, analytic=analytic_nll),
         KLToPrior(prior, "kl", weight=beta, source="pred", num_samples=kl_samples),
     ]
 

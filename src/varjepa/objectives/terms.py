@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributions import kl_divergence
+from ..distributions import ANALYTIC, MONTE_CARLO, kl_divergence
 from ..registry import ConfigError
 from ..schedules import Constant, Schedule
 from .outputs import JEPAOutputs
@@ -52,21 +52,42 @@ class Term(nn.Module):
 
 
 class ExpectedNLL(Term):
-    """``−E_{z~q_φ}[log p(z̄ | z)]`` with ``num_samples`` reparameterised samples (predictive ELBO)."""
+    """``−E_{z~q_φ}[log p(z̄ | z)]`` (predictive ELBO).
 
-    def __init__(self, likelihood: nn.Module, name: str = "nll", weight=None, num_samples: int = 1):
+    Closed form when the likelihood has one (Gaussian: it needs only q's mean and marginal
+    variance) and the family's moments are exact (dirac, diag, low-rank, mixture); otherwise
+    ``num_samples`` reparameterised samples. ``self.method`` says which, as for KL terms.
+    Set ``analytic=False`` to force sampling.
+    """
+
+    def __init__(
+        self,
+        likelihood: nn.Module,
+        name: str = "nll",
+        weight=None,
+        num_samples: int = 1,
+        analytic: bool = True,
+    ):
         super().__init__(name, weight)
         if num_samples < 1:
             raise ConfigError(f"model.objective.num_samples = {num_samples}; must be >= 1")
         self.likelihood = likelihood
         self.num_samples = num_samples
+        self.analytic = analytic
 
     def forward(self, out: JEPAOutputs) -> Tensor:
-        if out.family.stochastic:
+        fam, target = out.family, out.target.float()
+        if self.analytic and fam.exact_moments and hasattr(self.likelihood, "expected_nll"):
+            self.method = ANALYTIC
+            return self.likelihood.expected_nll(
+                fam.mean(out.pred), fam.marginal_variance(out.pred), target
+            ).mean()
+        self.method = MONTE_CARLO
+        if fam.stochastic:
             z = out.pred.rsample((self.num_samples,))  # [S, B, T, d]
         else:
             z = out.family.mean(out.pred).unsqueeze(0)
-        return -self.likelihood(z).log_prob(out.target.float()).mean()
+        return -self.likelihood(z).log_prob(target).mean()
 
 
 class KLToPrior(Term):
