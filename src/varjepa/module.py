@@ -9,7 +9,7 @@ terms → logs.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -95,11 +95,9 @@ class VarJEPA(L.LightningModule):
         enc_cfg = _as(EncoderConfig, encoder)
         pred_cfg = _as(PredictorConfig, predictor)
         self.masking = _as(MultiBlockMasking, masking)
-        hp = {
-            k: (asdict(v) if is_dataclass(v) else v) for k, v in locals().items() if k in self._hparam_names()
-        }
-        hp.update(encoder=asdict(enc_cfg), predictor=asdict(pred_cfg), masking=asdict(self.masking))
-        self.save_hyperparameters(hp)
+        self.save_hyperparameters()
+        # plain types only, so checkpoints load with torch.load(weights_only=True)
+        self.hparams.update(encoder=asdict(enc_cfg), predictor=asdict(pred_cfg), masking=asdict(self.masking))
         if lr <= 0:
             raise ConfigError(f"model.lr = {lr}; must be > 0")
         if weight_decay < 0:
@@ -143,10 +141,7 @@ class VarJEPA(L.LightningModule):
             )
             self.target_head = nn.Linear(d, self.target_family.num_params)
             nn.init.zeros_(self.target_head.weight)
-            with torch.no_grad():
-                self.target_head.bias.zero_()
-                if not self.target_family.stochastic:
-                    pass
+            nn.init.zeros_(self.target_head.bias)
         elif target_posterior is not None:
             raise ConfigError(
                 f"model.target_posterior = {target_posterior!r} is only used by the 'target_posterior' objective"
@@ -161,12 +156,6 @@ class VarJEPA(L.LightningModule):
         self.stats_every_n_steps = stats_every_n_steps
         self._total_steps: int | None = None
         self._reported_methods = False
-
-    @staticmethod
-    def _hparam_names() -> set[str]:
-        import inspect
-
-        return set(inspect.signature(VarJEPA.__init__).parameters) - {"self"}
 
     # ----------------------------------------------------------------- set-up
     def configure_callbacks(self):
