@@ -89,6 +89,37 @@ def test_predict_writes_embeddings_of_the_test_split(tmp_path):
     fit = run(_fit_args("configs/quickstart.yaml", tmp_path, steps=2))
     ckpt = Path(fit.trainer.checkpoint_callback.last_model_path)
     assert ckpt.is_file()
+    common = [*TINY, f"--ckpt_path={ckpt}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    val = run(
+        [
+            "validate",
+            f"--config={ROOT / 'configs/quickstart.yaml'}",
+            *common,
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    test = run(
+        [
+            "test",
+            f"--config={ROOT / 'configs/quickstart.yaml'}",
+            *common,
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert torch.isfinite(val.trainer.callback_metrics["val/loss"])
+    assert torch.isfinite(test.trainer.callback_metrics["test/loss"])
+    # validation masks are a fixed protocol: the same checkpoint gives the same loss twice
+    again = run(
+        [
+            "validate",
+            f"--config={ROOT / 'configs/quickstart.yaml'}",
+            *common,
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    torch.testing.assert_close(
+        again.trainer.callback_metrics["val/loss"], val.trainer.callback_metrics["val/loss"]
+    )
     out = tmp_path / "pred"
     cli = run(
         [
@@ -104,7 +135,8 @@ def test_predict_writes_embeddings_of_the_test_split(tmp_path):
     )
     data = np.load(out / "predictions.npz")
     _, y_test = digits_splits()["test"]
-    assert set(data.files) == {"embedding", "label", "index"}
+    assert set(data.files) == {"embedding", "uncertainty", "label", "index"}
+    assert data["uncertainty"].shape == (len(y_test),) and (data["uncertainty"] > 0).all()
     assert data["embedding"].shape == (len(y_test), 32)
     np.testing.assert_array_equal(data["label"], y_test)
     np.testing.assert_array_equal(data["index"], np.arange(len(y_test)))
