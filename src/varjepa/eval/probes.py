@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
@@ -30,6 +31,29 @@ def per_class_subset(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray
     return np.sort(np.concatenate(idx))
 
 
+#: regularisation strengths searched by the cross-validated probe
+PROBE_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float | str = "cv", seed: int = 0):
+    """Fit standardised logistic regression on ``x_train`` ``[N, D]``; returns the fitted pipeline
+    (``.predict(x [M, D])``, ``.score(x, y)``).
+
+    ``C="cv"`` picks the inverse regularisation strength from :data:`PROBE_CS` by stratified
+    5-fold cross-validation on the training data only (standard linear evaluation); a number
+    fixes it.
+    """
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    if C != "cv":
+        return clf.set_params(logisticregression__C=float(C)).fit(x_train, y_train)
+    folds = int(min(5, np.bincount(np.unique(y_train, return_inverse=True)[1]).min()))
+    if folds < 2:
+        return clf.fit(x_train, y_train)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    search = GridSearchCV(clf, {"logisticregression__C": list(PROBE_CS)}, cv=cv)
+    return search.fit(x_train, y_train).best_estimator_
+
+
 def linear_probe(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -37,12 +61,11 @@ def linear_probe(
     y_test: np.ndarray,
     per_class: int | None = None,
     seed: int = 0,
-    C: float = 1.0,
+    C: float | str = "cv",
 ) -> float:
-    """Test accuracy of standardised logistic regression fit on (a ``per_class`` subset of) the train split."""
+    """Test accuracy of standardised logistic regression fit on (a ``per_class`` subset of) the
+    train split; ``C`` as in :func:`fit_linear_probe`."""
     if per_class is not None:
         keep = per_class_subset(y_train, per_class, seed)
         x_train, y_train = x_train[keep], y_train[keep]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-    clf.fit(x_train, y_train)
-    return float(clf.score(x_test, y_test))
+    return float(fit_linear_probe(x_train, y_train, C, seed).score(x_test, y_test))
