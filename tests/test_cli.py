@@ -74,7 +74,7 @@ def test_fit_every_family_config(family, tmp_path):
     }
     assert expected <= set(scal), sorted(expected - set(scal))
     # logged schedule values are the pure functions of the step
-    assert scal["train/ema_momentum"] == pytest.approx([0.996 + 0.004 * k / 4 for k in range(4)], abs=1e-6)
+    assert scal["train/ema_momentum"] == pytest.approx([0.99 + 0.009 * k / 4 for k in range(4)], abs=1e-6)
     if family == "dirac":
         assert scal["train/pred_std"] == pytest.approx([0.0] * len(scal["train/pred_std"]))
         assert scal["train/beta"] == pytest.approx([0.0] * 4)
