@@ -102,7 +102,12 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/families_digits")
     args = ap.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    base = {"encoder": {"patch_size": args.patch_size}}
+    # the quickstart's model (configs/quickstart.yaml) with each family swapped in
+    base = {
+        "encoder": {"patch_size": args.patch_size, "depth": 2},
+        "masking": {"num_targets": 2, "target_scale": (0.25, 0.4), "context_scale": (0.5, 0.8)},
+        "ema": {"name": "linear", "start": 0.99, "end": 0.999},
+    }
     rows = []
     for f in args.families:
         rows.append(run_family(f, FAMILIES[f], args.steps, base))
