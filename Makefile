@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install fit test lint tensorboard clean
+.PHONY: install fit test lint tensorboard bench clean
 
 $(BIN)/varjepa: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install  ## run the test suite on CPU
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install  ## training-step time and memory: varjepa vs a bare PyTorch loop (benchmarks/results/step_time.md)
+	$(BIN)/python benchmarks/step_time.py
 
 tensorboard: install  ## open TensorBoard on the runs/ folder
 	$(BIN)/tensorboard --logdir runs --bind_all

@@ -83,7 +83,18 @@ def run_family(name: str, overrides: dict, steps: int, base: dict, seed: int = 0
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["family", "steps", "nonfinite_steps", "loss", "nll", "kl", "pred_std", "target_std", "step_ms_median", "probe_acc"]
+    cols = [
+        "family",
+        "steps",
+        "nonfinite_steps",
+        "loss",
+        "nll",
+        "kl",
+        "pred_std",
+        "target_std",
+        "step_ms_median",
+        "probe_acc",
+    ]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
@@ -116,7 +127,9 @@ def main() -> None:
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"steps": args.steps, "torch_threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps({"steps": args.steps, "torch_threads": torch.get_num_threads(), "rows": rows}, indent=2)
+    )
     out.with_suffix(".md").write_text(table + "\n")
 
 

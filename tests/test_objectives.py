@@ -101,7 +101,9 @@ def test_closed_form_expected_nll_matches_monte_carlo(family, opts, likelihood):
     d = 5
     torch.manual_seed(3)
     out = _outputs(family, d=d, B=2, T=3, **opts)
-    lik = LIKELIHOODS.build({"name": likelihood, **({"sigma": 0.8} if likelihood == "gaussian" else {})}, dim=d)
+    lik = LIKELIHOODS.build(
+        {"name": likelihood, **({"sigma": 0.8} if likelihood == "gaussian" else {})}, dim=d
+    )
     if likelihood == "gaussian_learned":
         with torch.no_grad():
             lik.raw_sigma.uniform_(-1, 1)

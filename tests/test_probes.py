@@ -31,7 +31,7 @@ def test_cv_probe_picks_the_best_cross_validated_c():
     }
     best = max(PROBE_CS, key=lambda c: (scores[c], -PROBE_CS.index(c)))  # ties: first, as GridSearchCV
     clf = fit_linear_probe(x, y, "cv")
-    assert clf[-1].C == best
+    assert best == clf[-1].C
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=best, max_iter=5000)).fit(x, y).score(xt, yt)
     assert linear_probe(x, y, xt, yt) == ref
 

@@ -1,6 +1,18 @@
 """varjepa: variational Joint-Embedding Predictive Architectures on PyTorch Lightning."""
 
-from .callbacks import EMA, OfflineProbe, PredictionWriter
+from .callbacks import (
+    EMA,
+    CollapseMonitor,
+    CorruptionMonitor,
+    HParamsSummary,
+    NoiseAugmentation,
+    OfflineProbe,
+    OnlineKNN,
+    OnlineLinearProbe,
+    PredictionWriter,
+    SigtermCheckpoint,
+    UncertaintyMetrics,
+)
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, JEPADataModule
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS, kl_divergence
 from .masking import MultiBlockMasking
@@ -13,20 +25,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10DataModule",
+    "CollapseMonitor",
+    "CorruptionMonitor",
     "ConfigError",
     "DigitsDataModule",
     "ELBO",
     "EMA",
+    "HParamsSummary",
     "ImageFolderDataModule",
     "JEPADataModule",
     "LIKELIHOODS",
     "MultiBlockMasking",
+    "NoiseAugmentation",
     "OBJECTIVES",
     "OfflineProbe",
+    "OnlineKNN",
+    "OnlineLinearProbe",
     "POSTERIORS",
     "PRIORS",
     "PredictionWriter",
     "SCHEDULES",
+    "SigtermCheckpoint",
+    "UncertaintyMetrics",
     "VarJEPA",
     "kl_divergence",
 ]

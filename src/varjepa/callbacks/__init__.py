@@ -1,7 +1,24 @@
-"""Lightning callbacks: EMA target update, prediction writer, offline probe."""
+"""Lightning callbacks: EMA target update, prediction writer, offline and online probes, monitors."""
 
+from .augment import NoiseAugmentation
 from .ema import EMA, ema_update
+from .monitors import CollapseMonitor, CorruptionMonitor, HParamsSummary, UncertaintyMetrics
+from .online import OnlineKNN, OnlineLinearProbe
 from .probe import OfflineProbe
+from .sigterm import SigtermCheckpoint
 from .writer import PredictionWriter
 
-__all__ = ["EMA", "OfflineProbe", "PredictionWriter", "ema_update"]
+__all__ = [
+    "EMA",
+    "CollapseMonitor",
+    "CorruptionMonitor",
+    "HParamsSummary",
+    "NoiseAugmentation",
+    "OfflineProbe",
+    "OnlineKNN",
+    "OnlineLinearProbe",
+    "PredictionWriter",
+    "SigtermCheckpoint",
+    "UncertaintyMetrics",
+    "ema_update",
+]

@@ -14,17 +14,25 @@ from lightning.pytorch.utilities import rank_zero_info
 class PredictionWriter(BasePredictionWriter):
     """Concatenates every predict batch's dict of tensors and saves them as ``predictions.npz``.
 
-    Keys are those ``VarJEPA.predict_step`` returns (``embedding`` [N, D], ``label`` [N],
-    ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
+    Keys are those ``VarJEPA.predict_step`` returns (``embedding`` [N, D], ``uncertainty`` [N],
+    ``label`` [N], ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
 
     Args:
         output_dir: where to write; default the trainer's log dir.
+        uncertainty_draws / uncertainty_seed: the fixed mask protocol of ``uncertainty``
+            (masks per image and their seed).
     """
 
-    def __init__(self, output_dir: str | None = None):
+    def __init__(self, output_dir: str | None = None, uncertainty_draws: int = 8, uncertainty_seed: int = 0):
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
+        self.uncertainty_draws, self.uncertainty_seed = uncertainty_draws, uncertainty_seed
         self.path: Path | None = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from ..eval.uncertainty import MaskProtocol
+
+        pl_module.uncertainty_protocol = MaskProtocol(self.uncertainty_draws, self.uncertainty_seed)
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions, batch_indices

@@ -6,16 +6,35 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..masking import MultiBlockMasking
 from ..registry import ConfigError
 from .collate import MaskCollator, stack_samples
+from .sampler import ResumableLoader, ResumableSampler, seeded_global_rng
+
+
+class UnreadableSampleError(RuntimeError):
+    """A sample could not be loaded; the message names the file (when there is one)."""
+
+
+def sample_path(ds: Dataset, i: int) -> str | None:
+    """The file behind item ``i`` of ``ds`` (through ``Subset`` wrappers), if the dataset has files."""
+    while isinstance(ds, Subset):
+        ds, i = ds.dataset, ds.indices[i]
+    samples = getattr(ds, "samples", None) or getattr(ds, "imgs", None)
+    return str(samples[i][0]) if samples is not None else None
 
 
 class IndexedDataset(Dataset):
-    """Wraps a ``(x, y)`` dataset so that items are ``(x, y, index)``."""
+    """Wraps a ``(x, y)`` dataset so that items are ``(x, y, index)``.
+
+    Given ``(index, key)`` (from :class:`~varjepa.data.sampler.ResumableSampler`) the item is
+    ``(x, y, index, key)`` and the sample's random transforms draw from the global RNG seeded by
+    ``key``, so augmentations are a function of the training position (exact resume, any worker).
+    A sample that fails to load raises :class:`UnreadableSampleError` naming its file.
+    """
 
     def __init__(self, base: Dataset):
         self.base = base
@@ -23,8 +42,24 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        x, y = self.base[i]
+    def _load(self, i: int):
+        try:
+            return self.base[i]
+        except Exception as e:
+            path = sample_path(self.base, i)
+            where = f"'{path}'" if path else f"item {i} of {type(self.base).__name__}"
+            raise UnreadableSampleError(
+                f"cannot read {where}: {type(e).__name__}: {e}. Remove or replace the file, then restart "
+                "(resume from the last checkpoint with --ckpt_path)."
+            ) from e
+
+    def __getitem__(self, i: int | tuple[int, int]) -> tuple:
+        if isinstance(i, tuple):
+            i, key = i
+            with seeded_global_rng(key):
+                x, y = self._load(i)
+            return x, int(y), i, key
+        x, y = self._load(i)
         return x, int(y), i
 
 
@@ -82,11 +117,42 @@ class JEPADataModule(L.LightningDataModule):
             collate_fn=collate_fn,
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0,
+            # unshuffled loaders draw their worker seeds from their own generator, not the global RNG
+            generator=None if shuffle else torch.Generator().manual_seed(0),
         )
 
+    def _shuffle_seed(self) -> int:
+        """Seed of the training order: ``torch.initial_seed()`` (set by ``seed_everything``), the same
+        on every rank (broadcast from rank 0)."""
+        seed = torch.initial_seed() & ((1 << 63) - 1)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            seed = int(trainer.strategy.broadcast(seed, src=0))
+        return seed
+
     def train_dataloader(self) -> DataLoader:
+        """Shuffled, masked training batches. For an :class:`IndexedDataset` the order, masks and
+        augmentations are keyed by ``(seed, epoch, position)`` and the loader is resumable mid-epoch
+        (:class:`~varjepa.data.sampler.ResumableLoader`); under DDP it shards by rank."""
         drop = len(self.train_set) > self.batch_size
-        return self._loader(self.train_set, True, self._collate(True), drop_last=drop)
+        if not isinstance(self.train_set, IndexedDataset):
+            return self._loader(self.train_set, True, self._collate(True), drop_last=drop)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self._shuffle_seed())
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+        return ResumableLoader(
+            self.train_set,
+            sampler,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(True),
+            drop_last=drop,
+            persistent_workers=self.num_workers > 0,
+            # worker seeds from the loader's own generator: iterating never touches the global RNG
+            generator=torch.Generator().manual_seed(sampler.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False, self._collate(False))

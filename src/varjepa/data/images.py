@@ -44,6 +44,30 @@ def _require_dir(option: str, path: str | Path) -> Path:
     return p
 
 
+#: folders with at most this many files are checked at set-up when ``verify_images`` is None
+VERIFY_LIMIT = 20_000
+
+
+def verify_image_files(paths: list[str], option: str) -> None:
+    """Open every image (PIL ``verify``: header and chunk checksums) and raise a ConfigError that
+    names the unreadable files, before training writes anything."""
+    from PIL import Image
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as e:
+            bad.append(f"'{p}' ({type(e).__name__}: {e})")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ConfigError(
+            f"{option}: {len(bad)} unreadable image file(s): {'; '.join(bad[:5])}{more}. "
+            "Remove or replace them (or set data.verify_images: false to skip this check)."
+        )
+
+
 def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
@@ -59,6 +83,9 @@ class ImageFolderDataModule(JEPADataModule):
         in_chans: 1 (grey) or 3 (RGB).
         val_fraction: share of ``root`` used for validation when ``val_root`` is not given.
         augment: random resized crops and flips on the training split.
+        verify_images: open every file at set-up and stop with an error naming unreadable ones
+            (None: only for folders of at most 20,000 files). A file that still fails to decode
+            during training stops the run with an error naming it.
     """
 
     def __init__(
@@ -77,8 +104,10 @@ class ImageFolderDataModule(JEPADataModule):
         num_workers: int = 0,
         predict_split: str = "test",
         val_mask_seed: int = 0,
+        verify_images: bool | None = None,
     ):
         super().__init__(batch_size, num_workers, predict_split, val_mask_seed)
+        self.verify_images = verify_images
         if in_chans not in (1, 3):
             raise ConfigError(f"data.in_chans = {in_chans}; allowed: 1, 3")
         self.root = _require_dir("data.root", root)
@@ -87,15 +116,30 @@ class ImageFolderDataModule(JEPADataModule):
         self.image_size, self.in_chans = image_size, in_chans
         self.val_fraction, self.augment, self.seed = val_fraction, augment, seed
         self.mean, self.std = mean, std
+        self._verified: set[str] = set()
 
     def _folder(self, root: Path, augment: bool) -> datasets.ImageFolder:
         try:
-            return datasets.ImageFolder(
+            folder = datasets.ImageFolder(
                 str(root),
                 transform=image_transforms(self.image_size, self.in_chans, self.mean, self.std, augment),
             )
         except (FileNotFoundError, RuntimeError) as e:
             raise ConfigError(f"data.root = '{root}': {e}") from e
+        verify = self.verify_images
+        if verify is None:
+            verify = len(folder.samples) <= VERIFY_LIMIT
+        if verify and str(root) not in self._verified:
+            verify_image_files([p for p, _ in folder.samples], f"data.root = '{root}'")
+            self._verified.add(str(root))
+        return folder
+
+    def verify(self) -> None:
+        """Check the image files now (see ``verify_images``); the CLI calls this before it writes
+        anything. Raises a ConfigError naming unreadable files."""
+        for root in (self.root, self.val_root, self.test_root):
+            if root is not None:
+                self._folder(root, False)
 
     def setup(self, stage: str | None = None) -> None:
         if getattr(self, "train_set", None) is not None:

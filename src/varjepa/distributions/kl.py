@@ -63,7 +63,8 @@ def kl_divergence(q: Distribution, p: Distribution, num_samples: int = 1) -> tup
     """``KL(q‖p)`` with shape ``q.batch_shape`` (broadcast with p's) and the method used.
 
     Analytic when a closed form is registered, else ``mean_k[log q(z_k) − log p(z_k)]`` with
-    ``num_samples`` reparameterised samples ``z_k ~ q`` (unbiased, differentiable).
+    ``num_samples`` reparameterised samples ``z_k ~ q`` (unbiased, differentiable). A ``q`` with a
+    ``stratified_kl(p, num_samples)`` method (mixtures) computes its own unbiased estimate.
     """
     try:
         return _torch_kl(q, p), ANALYTIC
@@ -71,5 +72,8 @@ def kl_divergence(q: Distribution, p: Distribution, num_samples: int = 1) -> tup
         pass
     if num_samples < 1:
         raise ValueError(f"num_samples = {num_samples}; must be >= 1")
+    stratified = getattr(q, "stratified_kl", None)
+    if stratified is not None:  # mixtures: draws spread over the components (lower variance, cheaper)
+        return stratified(p, num_samples), MONTE_CARLO
     z = q.rsample((num_samples,))
     return (q.log_prob(z) - p.log_prob(z)).mean(0), MONTE_CARLO

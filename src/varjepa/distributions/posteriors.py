@@ -11,6 +11,8 @@ clamped at ``max_std``, never ``exp`` of an unbounded output.
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as pdist
 import pyro.distributions.transforms as T
@@ -18,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, Normal
+from torch.distributions.utils import lazy_property
 
 from ..registry import ConfigError, Registry
+from .stable_mixture import MixtureLogDensity, mixture_rsample
 
 POSTERIORS: Registry[PosteriorFamily] = Registry("posterior family", "model.posterior")
 
@@ -141,6 +145,27 @@ class DiagGaussian(PosteriorFamily):
         return Independent(Normal(loc, self.std(raw)), 1)
 
 
+class FastLowRankMVN(LowRankMultivariateNormal):
+    """``LowRankMultivariateNormal(loc, W, D)`` for parameters that share one batch shape, faster at
+    ViT latent sizes: the capacitance ``I + Wᵀ D⁻¹ W`` and the marginal variances are computed on a
+    ``[..., r, d]`` copy of ``W`` (long contiguous rows) instead of torch's elementwise maths on
+    ``[..., d, r]`` and on a transposed view. Same distribution, same attributes."""
+
+    def __init__(self, loc: Tensor, cov_factor: Tensor, cov_diag: Tensor):
+        self.loc, self.cov_factor, self.cov_diag = loc, cov_factor, cov_diag
+        self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag = cov_factor, cov_diag
+        self._wt = cov_factor.mT.contiguous()  # [..., r, d]
+        r = cov_factor.size(-1)
+        cap = (self._wt / cov_diag.unsqueeze(-2)) @ self._wt.mT
+        cap = cap + torch.eye(r, dtype=cap.dtype, device=cap.device)
+        self._capacitance_tril = torch.linalg.cholesky(cap)
+        Distribution.__init__(self, loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    @lazy_property
+    def variance(self) -> Tensor:
+        return self._wt.square().sum(-2) + self.cov_diag
+
+
 @POSTERIORS.register("lowrank_gaussian")
 class LowRankGaussian(PosteriorFamily):
     """Gaussian with covariance ``W Wᵀ + diag σ²``, ``W`` of rank ``rank`` < d.
@@ -164,22 +189,55 @@ class LowRankGaussian(PosteriorFamily):
         d, r = self.dim, self.rank
         loc, factor, raw = params.split([d, d * r, d], dim=-1)
         factor = self.factor_scale * factor.unflatten(-1, (d, r))
-        return LowRankMultivariateNormal(loc, factor, self.std(raw).square())
+        return FastLowRankMVN(loc, factor, self.std(raw).square())
 
 
 class BatchedMixtureOfDiagNormals(pdist.MixtureOfDiagNormals):
     """``MixtureOfDiagNormals`` whose ``rsample(sample_shape)`` works with batch dimensions
-    (Pyro's own gathers with mismatched shapes when both are present): the parameters are
-    expanded to ``sample_shape + batch_shape`` and one draw is taken."""
+    (Pyro's own gathers with mismatched shapes when both are present: the parameters are
+    expanded to ``sample_shape + batch_shape`` and one draw is taken) and whose pathwise
+    gradient stays finite in high dimension (Pyro's underflows to NaN beyond a few dozen
+    dimensions; see :mod:`varjepa.distributions.stable_mixture`)."""
+
+    def log_prob_per_draw(self, z: Tensor) -> Tensor:
+        """``log q(z)`` for draws ``z`` ``[*s, *batch, J, d]`` (J draws per batch element) → ``[*s, *batch, J]``."""
+        lead = z.shape[:-2]
+        locs = self.locs.expand(*lead, *self.locs.shape[-2:])
+        scales = self.coord_scale.expand(*lead, *self.coord_scale.shape[-2:])
+        log_w = torch.log_softmax(self.component_logits, -1).expand(*lead, self.locs.shape[-2])
+        return MixtureLogDensity.apply(z, locs, scales, log_w)
+
+    def stratified_kl(self, p: Distribution, num_samples: int = 1) -> Tensor:
+        """Unbiased Monte Carlo ``KL(q ‖ p)`` ``[*batch]`` with the draws spread over the components:
+        ``Σ_j π_j E_{z~N_j}[log q(z) − log p(z)]`` with ``z = μ_j + σ_j ε`` (plain Gaussian
+        reparameterisation, no implicit mixture gradient). With ``num_samples ≥ K``, each component
+        gets ``ceil(num_samples / K)`` draws (lower variance than sampling components); with fewer,
+        ``num_samples`` components are drawn uniformly without replacement per batch element and
+        weighted by ``K π_j / num_samples``."""
+        K = self.locs.shape[-2]
+        pis = torch.softmax(self.component_logits, -1)
+        if num_samples >= K:
+            s = math.ceil(num_samples / K)
+            eps = torch.randn((s, *self.locs.shape), dtype=self.locs.dtype, device=self.locs.device)
+            z = self.locs + self.coord_scale * eps  # [s, *b, K, d]: draw j from component j
+            diff = self.log_prob_per_draw(z) - p.log_prob(z)  # [s, *b, K]
+            return (pis * diff.mean(0)).sum(-1)
+        flat = torch.ones(pis.shape[:-1].numel(), K, device=pis.device)
+        which = torch.multinomial(flat, num_samples).view(*pis.shape[:-1], num_samples)  # [*b, n]
+        idx = which.unsqueeze(-1).expand(*which.shape, self.locs.shape[-1])
+        loc, scale = self.locs.gather(-2, idx), self.coord_scale.gather(-2, idx)  # [*b, n, d]
+        z = loc + scale * torch.randn_like(loc)
+        diff = self.log_prob_per_draw(z) - p.log_prob(z)  # [*b, n]
+        return (K / num_samples) * (pis.gather(-1, which) * diff).sum(-1)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        if not sample_shape or not self.batch_shape:
-            return super().rsample(sample_shape)
-        shape = sample_shape + self.locs.shape
-        return pdist.MixtureOfDiagNormals(
-            self.locs.expand(shape), self.coord_scale.expand(shape), self.component_logits.expand(shape[:-1])
-        ).rsample()
+        shape = torch.Size(sample_shape) + self.locs.shape
+        return mixture_rsample(
+            self.locs.expand(shape),
+            self.coord_scale.expand(shape),
+            self.component_logits.expand(shape[:-1]),
+            torch.Size(),
+        )
 
 
 def mixture_moments(dist: pdist.MixtureOfDiagNormals) -> tuple[Tensor, Tensor]:
@@ -215,11 +273,19 @@ class Mixture(PosteriorFamily):
             locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
         )
 
+    @staticmethod
+    def _moments(dist: Distribution) -> tuple[Tensor, Tensor]:
+        # computed once per distribution (the closed-form NLL asks for both)
+        cached = getattr(dist, "_varjepa_moments", None)
+        if cached is None:
+            cached = dist._varjepa_moments = mixture_moments(dist)
+        return cached
+
     def mean(self, dist: Distribution) -> Tensor:
-        return mixture_moments(dist)[0]
+        return self._moments(dist)[0]
 
     def marginal_variance(self, dist: Distribution) -> Tensor:
-        return mixture_moments(dist)[1]
+        return self._moments(dist)[1]
 
 
 FLOW_TRANSFORMS = {

@@ -2,8 +2,8 @@
 
 from .elbo import ELBO, ELBOResult, NonFiniteLossError, check_finite
 from .outputs import JEPAOutputs
-from .presets import OBJECTIVES, jepa, predictive, target_posterior
-from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, Term
+from .presets import OBJECTIVES, heteroscedastic, jepa, predictive, target_posterior
+from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, TargetNLL, Term
 
 __all__ = [
     "ELBO",
@@ -15,8 +15,10 @@ __all__ = [
     "NonFiniteLossError",
     "PredictiveNLL",
     "Regression",
+    "TargetNLL",
     "Term",
     "check_finite",
+    "heteroscedastic",
     "jepa",
     "predictive",
     "target_posterior",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..registry import ConfigError
@@ -36,7 +37,9 @@ class ELBOResult:
 class ELBO(nn.Module):
     """``loss = Σ_i w_i(step, total) · term_i(outputs)``.
 
-    Terms whose weight is 0 at this step are evaluated without gradient, only for the logs.
+    Terms whose weight is 0 at this step are evaluated without gradient, only for the logs (under
+    DDP, terms that own parameters, e.g. a learned prior, are added with weight 0 instead, so that
+    every parameter takes part in the loss).
     Terms that are undefined for the configured family (a Dirac KL) are skipped.
 
     Args:
@@ -67,12 +70,18 @@ class ELBO(nn.Module):
         weights: dict[str, float] = {}
         methods: dict[str, str] = {}
         loss = out.target.new_zeros((), dtype=torch.float32)
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         with torch.autocast(device_type=out.target.device.type, enabled=False):
             for t in self.terms:
                 if not t.defined(out):
                     continue
                 w = t.weight(step, total)
-                if w == 0:
+                if w == 0 and ddp and any(p.requires_grad for p in t.parameters()):
+                    # under DDP every parameter must take part in the loss, also a learned prior at
+                    # β = 0 (warm-up): add the term with weight 0 (zero gradients)
+                    v = t(out)
+                    loss = loss + 0.0 * torch.where(torch.isfinite(v), v, 0.0)
+                elif w == 0:
                     with torch.no_grad():
                         v = t(out)
                 else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Independent, Normal
 
 from ..distributions import ANALYTIC, MONTE_CARLO, kl_divergence
 from ..registry import ConfigError
@@ -175,3 +176,44 @@ class Regression(Term):
 def as_float(x: Tensor | float) -> float:
     """A Python float from a scalar tensor or number."""
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class TargetNLL(Term):
+    """``−log q_φ(z̄ | x_c, ξ)``: the predictor's negative log density of the observed target latent
+    itself (heteroscedastic regression of z̄). Unlike the predictive ELBO's expected likelihood,
+    whose optimal spread is input-independent, this term makes the predicted spread track the
+    actual error, so it is informative (corruption detection, selective prediction) and calibrated.
+    Exact ``log_prob`` for every stochastic family (mixtures and flows included).
+
+    Args:
+        beta_nll: β-NLL weighting (Seitzer et al. 2022): each term is multiplied by the detached
+            predicted variance to the power ``beta_nll`` (per dimension for diagonal Gaussians,
+            per token otherwise). 0 is the plain NLL; 1 gives the mean the gradient of an MSE, which
+            keeps the encoders from being rewarded for making targets trivially predictable. The
+            optimal spread for a given mean is unchanged, so calibration is kept.
+    """
+
+    def __init__(self, name: str = "nll", weight=None, beta_nll: float = 0.0):
+        super().__init__(name, weight)
+        if not 0 <= beta_nll <= 1:
+            raise ConfigError(f"model.objective.beta_nll = {beta_nll}; must be in [0, 1]")
+        self.beta_nll = beta_nll
+
+    def validate(self, family, target_family=None) -> None:
+        if not family.stochastic:
+            raise ConfigError(
+                "model.posterior = 'dirac' has no density to score z̄ with; the heteroscedastic "
+                "objective needs a stochastic posterior family"
+            )
+
+    def forward(self, out: JEPAOutputs) -> Tensor:
+        target = out.target.float()
+        pred = out.pred
+        if self.beta_nll == 0:
+            return -pred.log_prob(target).mean()
+        if isinstance(pred, Independent) and isinstance(pred.base_dist, Normal):
+            nll = -pred.base_dist.log_prob(target)  # [B, T, d]
+            w = pred.base_dist.scale.detach().square().pow(self.beta_nll)
+            return (w * nll).sum(-1).mean()
+        w = out.family.marginal_variance(pred).detach().mean(-1).pow(self.beta_nll)  # [B, T]
+        return -(w * pred.log_prob(target)).mean()
