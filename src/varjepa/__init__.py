@@ -11,6 +11,7 @@ from .callbacks import (
     OnlineLinearProbe,
     PredictionWriter,
     SigtermCheckpoint,
+    StepTimer,
     UncertaintyMetrics,
 )
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, JEPADataModule
@@ -46,6 +47,7 @@ __all__ = [
     "PredictionWriter",
     "SCHEDULES",
     "SigtermCheckpoint",
+    "StepTimer",
     "UncertaintyMetrics",
     "VarJEPA",
     "kl_divergence",

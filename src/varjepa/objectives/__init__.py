@@ -2,7 +2,15 @@
 
 from .elbo import ELBO, ELBOResult, NonFiniteLossError, check_finite
 from .outputs import JEPAOutputs
-from .presets import OBJECTIVES, heteroscedastic, jepa, predictive, target_posterior
+from .presets import (
+    OBJECTIVES,
+    heteroscedastic,
+    jepa,
+    predictive,
+    sigreg_jepa,
+    target_posterior,
+    vicreg_jepa,
+)
 from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, TargetNLL, Term
 
 __all__ = [
@@ -21,5 +29,7 @@ __all__ = [
     "heteroscedastic",
     "jepa",
     "predictive",
+    "sigreg_jepa",
     "target_posterior",
+    "vicreg_jepa",
 ]
