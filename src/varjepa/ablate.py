@@ -119,6 +119,8 @@ GRID_FILE_KEYS = ("config", "out", "grid", "set", "families", "betas", "columns"
 SPECIAL_AXES = ("family", "beta", "seed")
 NO_BETA = "none"
 STDERR_TAIL = 20
+#: how a run is started: ``varjepa fit`` with this interpreter (no console script needed on PATH)
+FIT_PREFIX = [sys.executable, "-m", "varjepa.cli", "fit"]
 
 
 class AblationError(ConfigError):
@@ -303,6 +305,9 @@ def build_spec(args: argparse.Namespace) -> GridSpec:
     if out is None:
         stem = (grid_files or configs)[0].stem
         out = str(Path("runs") / "ablations" / stem)
+    for special, key in (("beta", "model.beta"), ("seed", "seed_everything")):
+        if special in grid and key in grid:
+            raise AblationError(f"grid: '{key}' and '{special}' are the same axis; give one of them")
     axes = [_axis(key, values, families, betas) for key, values in _ordered(grid)]
     if not axes:
         raise AblationError(
@@ -496,7 +501,7 @@ def validate(spec: GridSpec, runs: list[Run]) -> list[str]:
 
     def check_key(key: str, where: str) -> None:
         if key == "config" or key not in base:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.85)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise AblationError(
                 f"{where}: unknown config key '{key}'{hint}; allowed: family, beta, seed or a key "
@@ -624,7 +629,7 @@ def execute(spec: GridSpec, run: Run, args: list[str]) -> dict | None:
     if d.exists():  # an unfinished or stale attempt: start over in a clean dir
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "varjepa.cli", "fit", *args]
+    cmd = [*FIT_PREFIX, *args]
     (d / "command.txt").write_text(command_line(args) + "\n")
     t0 = time.perf_counter()
     with open(d / "stdout.log", "wb") as so, open(d / "stderr.log", "wb") as se:

@@ -45,8 +45,9 @@ class StepTimer(Callback):
         self._t0 = None
         self.times_ms.append(ms)
         self._window.append(ms)
-        # global_step already counts this step; log on the steps the logger writes
-        if (trainer.global_step - 1) % max(trainer.log_every_n_steps, 1) == 0:
+        # on the steps the logger writes: the median of the steps since the previous write
+        conn = getattr(trainer, "_logger_connector", None)
+        if conn is None or conn.should_update_logs:
             pl_module.log("time/step_ms", statistics.median(self._window), on_step=True, rank_zero_only=True)
             self._window = []
 
