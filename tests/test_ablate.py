@@ -292,6 +292,18 @@ def test_regularised_jepa_presets_are_regression_plus_the_regulariser(name, tiny
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
 
 
+@pytest.mark.parametrize(
+    ("config", "terms"),
+    [("ijepa", {"mse"}), ("vicreg_jepa", {"mse", "vicreg"}), ("sigreg_jepa", {"mse", "sigreg"})],
+)
+def test_baseline_configs_build_on_the_quickstart_encoder(config, terms):
+    cfg = A._parse_only(["--config", str(ROOT / f"configs/baselines/{config}.yaml")])
+    quick = A._parse_only(["--config", str(ROOT / "configs/quickstart.yaml")])
+    assert cfg.model.encoder == quick.model.encoder and cfg.model.predictor == quick.model.predictor
+    model = VarJEPA(**cfg.model.as_dict())
+    assert {t.name for t in model.elbo.terms} == terms and not model.family.stochastic
+
+
 def test_step_timer_logs_the_median_step_time(tmp_path, tiny):
     timer = StepTimer(skip=2)
     trainer = L.Trainer(

@@ -101,6 +101,7 @@ DEFAULT_COLUMNS = [
     "collapse/rankme",
     "time/step_ms",
     "wall_s",
+    "cpu_s",
 ]
 #: metrics drawn in ablation.png (the first six that some run logged)
 PLOT_METRICS = [
@@ -618,6 +619,15 @@ def _tail(path: Path, n: int) -> list[str]:
     return [ln.rstrip() for ln in lines if ln.strip()][-n:]
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (one run at a time, so the
+    difference around a run is that run's CPU time: a load-independent measure of its cost)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 class Interrupted(Exception):
     """The grid was stopped (Ctrl-C or SIGTERM); finished runs keep their results."""
 
@@ -632,6 +642,7 @@ def execute(spec: GridSpec, run: Run, args: list[str]) -> dict | None:
     cmd = [*FIT_PREFIX, *args]
     (d / "command.txt").write_text(command_line(args) + "\n")
     t0 = time.perf_counter()
+    cpu0 = _children_cpu()
     with open(d / "stdout.log", "wb") as so, open(d / "stderr.log", "wb") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se)
         try:
@@ -648,6 +659,7 @@ def execute(spec: GridSpec, run: Run, args: list[str]) -> dict | None:
                     proc.wait()
             raise
     wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
     tail = _tail(d / "stderr.log", STDERR_TAIL)
     if rc == 0 and any("SIGTERM received" in ln for ln in tail):
         return None  # stopped early by a signal to the child: not a finished run
@@ -659,6 +671,7 @@ def execute(spec: GridSpec, run: Run, args: list[str]) -> dict | None:
         "fingerprint": _fingerprint(spec, run),
         "returncode": rc,
         "wall_s": wall,
+        "cpu_s": cpu,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if rc == 0:
@@ -704,6 +717,8 @@ def write_hparams(spec: GridSpec, run: Run, result: dict) -> None:
 def _metrics_of(result: dict) -> dict[str, float]:
     m = dict(result.get("metrics") or {})
     m["wall_s"] = float(result["wall_s"])
+    if "cpu_s" in result:
+        m["cpu_s"] = float(result["cpu_s"])
     return m
 
 
@@ -788,7 +803,7 @@ def write_runs_csv(path: Path, spec: GridSpec, runs: list[Run], results: dict[st
     metrics = sorted({k for res in results.values() for k in (res.get("metrics") or {})})
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["run_id", *axes, "status", "wall_s", "error", *metrics])
+    w.writerow(["run_id", *axes, "status", "wall_s", "cpu_s", "error", *metrics])
     for r in runs:
         res = results.get(r.run_id)
         status = res["status"] if res else "pending"
@@ -799,6 +814,7 @@ def write_runs_csv(path: Path, spec: GridSpec, runs: list[Run], results: dict[st
                 *(r.labels.get(a, "") for a in axes),
                 status,
                 "" if not res else repr(float(res["wall_s"])),
+                "" if not res or "cpu_s" not in res else repr(float(res["cpu_s"])),
                 (res or {}).get("error", ""),
                 *("" if k not in m else repr(m[k]) for k in metrics),
             ]
@@ -818,7 +834,8 @@ def markdown(spec: GridSpec, rows: list[dict], runs: list[Run], results: dict[st
         f"Base config: {', '.join(_display_path(c) for c in spec.configs)}. "
         f"{len(runs)} runs; each cell is the mean ± sample std over its finished runs "
         f"(n of {n_seeds} seed{'s' if n_seeds > 1 else ''}); final values: the last validation, "
-        "end-of-fit probes, median step time; `wall_s` is the whole `varjepa fit` process. "
+        "end-of-fit probes, median step time; `wall_s` and `cpu_s` are the wall and CPU time of the "
+        "whole `varjepa fit` process. "
         f"β `{NO_BETA}`: the family sets β = 0 itself (no KL term).",
         "",
     ]
@@ -1015,6 +1032,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _write_atomic(spec.out / "grid.json", json.dumps(grid_doc, indent=2, default=str) + "\n")
     shape = " x ".join(f"{len(a.values)} {a.key}" for a in spec.axes)
     print(f"varjepa ablate: {len(runs)} runs ({shape}) -> {_display_path(spec.out)}", flush=True)
+    started = time.perf_counter()
     old = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     width = len(str(len(runs)))
     elapsed: list[float] = []
@@ -1058,7 +1076,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(md)
     print(
-        f"varjepa ablate: {n_ok} finished, {n_failed} failed, {len(runs) - n_ok - n_failed} not run; "
+        f"varjepa ablate: {n_ok} finished, {n_failed} failed, {len(runs) - n_ok - n_failed} not run "
+        f"({(time.perf_counter() - started) / 60:.1f} min this time); "
         f"{_display_path(spec.out / 'ablation.md')}, ablation.csv, runs.csv, ablation.png; "
         f"tensorboard --logdir {_display_path(spec.out)}",
         flush=True,
