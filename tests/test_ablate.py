@@ -154,11 +154,20 @@ def test_empty_grids_and_bad_grid_files(tmp_path, capsys):
         ),
         "typo.yaml": ({"config": BASE, "grids": {}, "grid": {"seed": [0]}}, "unknown key(s) grids; allowed:"),
         "nobase.yaml": ({"grid": {"seed": [0]}}, "no base config"),
+        "shared.yaml": (
+            {"config": "shared_base.yaml", "grid": {"seed": [0, 1]}},
+            "ModelCheckpoint writes to dirpath 'ckpts', which every run would share",
+        ),
         "badfam.yaml": (
             {"config": BASE, "families": {"big": {"model.encoder.dpth": 4}}, "grid": {"family": ["big"]}},
             "family 'big': unknown config key 'model.encoder.dpth' (did you mean model.encoder.depth",
         ),
     }
+    shared = yaml.safe_load(Path(BASE).read_text())
+    shared["trainer"]["callbacks"].append(
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts"}}
+    )
+    (tmp_path / "shared_base.yaml").write_text(yaml.safe_dump(shared))
     for name, (doc, expected) in cases.items():
         (tmp_path / name).write_text(yaml.safe_dump(doc))
         rc = A.main(["--config", str(tmp_path / name), "--out", str(out)])

@@ -496,7 +496,7 @@ def validate(spec: GridSpec, runs: list[Run]) -> list[str]:
     base_args = [a for c in spec.configs for a in ("--config", str(c))]
     try:
         base = _parse_only(base_args)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # jsonargparse may exit on some errors
         raise AblationError(f"base config: {_one_line(e)}") from None
     known = [k for k in base.keys() if k != "config"]  # noqa: SIM118 (dotted leaf keys)
 
@@ -540,9 +540,16 @@ def validate(spec: GridSpec, runs: list[Run]) -> list[str]:
             checked.add(tag)
             try:
                 _parse_only([*base_args, _arg(key, value)])
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 raise AblationError(f"run {run.run_id}: {key} = {label_of(value)}: {_one_line(e)}") from None
     callbacks = base.get("trainer.callbacks") or []
+    for cb in callbacks:
+        dirpath = getattr(getattr(cb, "init_args", None), "dirpath", None)
+        if dirpath:
+            raise AblationError(
+                f"base config: {cb.class_path} writes to dirpath '{dirpath}', which every run would "
+                "share; remove dirpath (each run then writes under its own log dir)"
+            )
     have = {str(getattr(cb, "class_path", "")) for cb in callbacks}
     return (
         []
