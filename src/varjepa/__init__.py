@@ -20,6 +20,14 @@ from .module import VarJEPA
 from .objectives import ELBO, OBJECTIVES
 from .registry import ConfigError
 from .schedules import SCHEDULES
+from .tabular import (
+    FeatureMasking,
+    SimulationDataModule,
+    TabularDataError,
+    TabularDataModule,
+    TabularProbe,
+    VarTJEPA,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +39,7 @@ __all__ = [
     "DigitsDataModule",
     "ELBO",
     "EMA",
+    "FeatureMasking",
     "HParamsSummary",
     "ImageFolderDataModule",
     "JEPADataModule",
@@ -46,7 +55,12 @@ __all__ = [
     "PredictionWriter",
     "SCHEDULES",
     "SigtermCheckpoint",
+    "SimulationDataModule",
+    "TabularDataError",
+    "TabularDataModule",
+    "TabularProbe",
     "UncertaintyMetrics",
     "VarJEPA",
+    "VarTJEPA",
     "kl_divergence",
 ]

@@ -176,7 +176,8 @@ class VarTJEPA(L.LightningModule):
         return self.net.momentum_pairs() if self.net is not None else []
 
     def check_data(self, dm: Any) -> None:
-        """ConfigError if the datamodule does not serve what the architecture reads."""
+        """ConfigError if the datamodule does not serve what the architecture reads; then reads the
+        data (bad tables stop here, before anything is written) and builds the networks."""
         schema = getattr(dm, "schema", None)
         kind = getattr(dm, "schema_kind", None) or (schema.get("kind") if isinstance(schema, dict) else None)
         if self.arch_name == "mlp" and kind not in (None, "paired"):
@@ -186,17 +187,20 @@ class VarTJEPA(L.LightningModule):
                 f"VarTJEPA reads tables: use varjepa.TabularDataModule or varjepa.SimulationDataModule, "
                 f"not {type(dm).__name__}"
             )
+        dm.setup("fit")
+        self._build_from(dm)
+
+    def _build_from(self, dm: Any) -> None:
+        schema = dm.schema.to_dict() if hasattr(dm.schema, "to_dict") else dict(dm.schema)
+        if self.net is not None and self.hparams.schema not in (None, schema):
+            raise ConfigError("the data's columns differ from the ones this model was built for (its schema)")
+        self.build(schema)
+        dm.set_feature_masking(self.masking if self.arch_name == "transformer" else None)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:
             self.check_data(dm)
-            dm.setup(stage)
-            schema = dm.schema.to_dict() if hasattr(dm.schema, "to_dict") else dict(dm.schema)
-            if self.net is not None and self.hparams.schema not in (None, schema):
-                raise ConfigError("the data's columns differ from the ones this model was built for")
-            self.build(schema)
-            dm.set_feature_masking(self.masking if self.arch_name == "transformer" else None)
         elif self.net is None:
             raise ConfigError("VarTJEPA: no schema; train with a varjepa tabular datamodule or pass schema=")
 
