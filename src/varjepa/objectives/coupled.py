@@ -110,7 +110,14 @@ class LatentKL(Term):
     (``KL(q(z|s_x) ‖ prior)``) or ``"sy"`` (``KL(q(s_y|s_x,z,y) ‖ p_θ(s_y|s_x,z))``, prior unused).
     Averaged over tokens and rows; summed over latent dimensions."""
 
-    def __init__(self, name: str, weight: Schedule | None, source: str, prior: nn.Module | None = None, num_samples: int = 4):
+    def __init__(
+        self,
+        name: str,
+        weight: Schedule | None,
+        source: str,
+        prior: nn.Module | None = None,
+        num_samples: int = 4,
+    ):
         super().__init__(name, weight)
         if source not in ("sx", "z", "sy"):
             raise ConfigError(f"coupled KL source = '{source}'; allowed: sx, z, sy")
@@ -211,7 +218,13 @@ def coupled(
         raise ConfigError(f"model.objective.anneal = {anneal}; must be >= 0")
     a = {
         k: alpha_schedule(v, PAPER_ALPHAS[k], anneal, f"model.objective.alpha_{k}")
-        for k, v in (("rec", alpha_rec), ("gen", alpha_gen), ("sx", alpha_sx), ("z", alpha_z), ("sy", alpha_sy))
+        for k, v in (
+            ("rec", alpha_rec),
+            ("gen", alpha_gen),
+            ("sx", alpha_sx),
+            ("z", alpha_z),
+            ("sy", alpha_sy),
+        )
     }
     return [
         DecoderNLL("rec", a["rec"], context_decoder, "context"),

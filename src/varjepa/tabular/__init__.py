@@ -14,8 +14,8 @@ from .architecture import (
 )
 from .callbacks import TabularProbe
 from .data import (
-    TableSchema,
     TablePreprocessor,
+    TableSchema,
     TabularDataError,
     TabularDataModule,
     TabularMaskCollator,

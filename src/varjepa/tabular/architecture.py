@@ -137,7 +137,9 @@ class GaussianMLPDecoder(nn.Module):
     ``nll(latent [B, T, d_s], {"values": [B, T, D]})`` → ``[B, T]`` (summed over D, fp32).
     """
 
-    def __init__(self, latent_dim: int, out_dim: int, width: int = 128, depth: int = 2, min_std: float = 1e-2):
+    def __init__(
+        self, latent_dim: int, out_dim: int, width: int = 128, depth: int = 2, min_std: float = 1e-2
+    ):
         super().__init__()
         self.net = mlp(latent_dim, width, depth, out_dim)
         self.min_std = min_std
@@ -202,7 +204,9 @@ class Transformer(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, ff: int):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+            nn.TransformerEncoderLayer(
+                dim, heads, ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
@@ -326,7 +330,9 @@ class TabularCoupledNet(nn.Module):
 
     def _positions(self, idx: Tensor) -> Tensor:
         """Identity embeddings of the context tokens (CLS, then features) ``[B, num_cls + N, dim]``."""
-        return torch.cat([self.cls_pos.expand(idx.shape[0], -1, -1), self.tokenizer.feature_embedding(idx)], 1)
+        return torch.cat(
+            [self.cls_pos.expand(idx.shape[0], -1, -1), self.tokenizer.feature_embedding(idx)], 1
+        )
 
     def forward(
         self, batch: dict[str, Tensor], families: dict[str, PosteriorFamily], sample: bool = True
@@ -364,7 +370,13 @@ class TabularCoupledNet(nn.Module):
         q_sy = fam_sy(self.tp_head(h))  # [B·K, Nt]
         s_y = draw(fam_sy, q_sy, sample)
         return {
-            "q_sx": q_sx, "s_x": s_x, "q_z": q_z, "z": z, "p_sy": p_sy, "q_sy": q_sy, "s_y": s_y,
+            "q_sx": q_sx,
+            "s_x": s_x,
+            "q_z": q_z,
+            "z": z,
+            "p_sy": p_sy,
+            "q_sy": q_sy,
+            "s_y": s_y,
             "x_latent": s_x[:, self.num_cls :],
             "x_obs": {"idx": ctx, "values": values.gather(1, ctx)},
             "y_latent": s_y,
@@ -394,7 +406,9 @@ class TabularCoupledNet(nn.Module):
 
     def decoders(self, latent_dim: int, hidden: int = 64) -> tuple[nn.Module, nn.Module]:
         """Context and target decoders for this table (owned by the ELBO's terms)."""
-        return FeatureDecoder(self.schema, latent_dim, hidden), FeatureDecoder(self.schema, latent_dim, hidden)
+        return FeatureDecoder(self.schema, latent_dim, hidden), FeatureDecoder(
+            self.schema, latent_dim, hidden
+        )
 
 
 # ----------------------------------------------------------------------------- MLP (simulation)
@@ -432,12 +446,16 @@ class MLPCoupledNet(nn.Module):
         self.ema = ema
         if ema:
             if self.x_dim != self.y_dim:
-                raise ConfigError(f"model.ema with the mlp architecture needs x_dim == y_dim, got {self.x_dim}, {self.y_dim}")
+                raise ConfigError(
+                    f"model.ema with the mlp architecture needs x_dim == y_dim, got {self.x_dim}, {self.y_dim}"
+                )
             self.ema_enc = copy.deepcopy(self.enc_x).requires_grad_(False)
             y_in = width
         else:
             y_in = self.y_dim
-        self.tp = nn.Sequential(mlp(latent_dim + aux_dim + y_in, width, depth), zero_head(width, fam_sy.num_params))
+        self.tp = nn.Sequential(
+            mlp(latent_dim + aux_dim + y_in, width, depth), zero_head(width, fam_sy.num_params)
+        )
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online, EMA)`` pairs (empty without EMA)."""
@@ -463,9 +481,17 @@ class MLPCoupledNet(nn.Module):
         q_sy = fam_sy(self.tp(torch.cat([sxz, y_feat], -1)).unsqueeze(1))  # [B, 1]
         s_y = draw(fam_sy, q_sy, sample)
         return {
-            "q_sx": q_sx, "s_x": s_x, "q_z": q_z, "z": z, "p_sy": p_sy, "q_sy": q_sy, "s_y": s_y,
-            "x_latent": s_x, "x_obs": {"values": x.unsqueeze(1)},
-            "y_latent": s_y, "y_obs": {"values": y.unsqueeze(1)},
+            "q_sx": q_sx,
+            "s_x": s_x,
+            "q_z": q_z,
+            "z": z,
+            "p_sy": p_sy,
+            "q_sy": q_sy,
+            "s_y": s_y,
+            "x_latent": s_x,
+            "x_obs": {"values": x.unsqueeze(1)},
+            "y_latent": s_y,
+            "y_obs": {"values": y.unsqueeze(1)},
         }
 
     def posterior(self, values: Tensor, family: PosteriorFamily):

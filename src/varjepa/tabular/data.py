@@ -65,7 +65,10 @@ class TableSchema:
 
     def cardinalities(self) -> list[int]:
         """Number of codes per feature (0 for numeric; levels + 1 reserved 'other' code)."""
-        return [len(self.levels[n]) + 1 if k == CATEGORICAL else 0 for n, k in zip(self.names, self.kinds, strict=True)]
+        return [
+            len(self.levels[n]) + 1 if k == CATEGORICAL else 0
+            for n, k in zip(self.names, self.kinds, strict=True)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict (for hparams / checkpoints)."""
@@ -161,9 +164,7 @@ class TablePreprocessor:
             col = df[c]
             if name in self.numeric:
                 kind = NUMERIC
-            elif name in self.categorical:
-                kind = CATEGORICAL
-            elif pd.api.types.is_bool_dtype(col):
+            elif name in self.categorical or pd.api.types.is_bool_dtype(col):
                 kind = CATEGORICAL
             elif pd.api.types.is_numeric_dtype(col):
                 kind = NUMERIC
@@ -228,7 +229,9 @@ class TablePreprocessor:
                 v = self._numeric(train, name)
                 ok = v[~np.isnan(v)]
                 if ok.size == 0:
-                    raise TabularDataError(f"column '{name}': no values in the training split. Fix: drop it (data.drop).")
+                    raise TabularDataError(
+                        f"column '{name}': no values in the training split. Fix: drop it (data.drop)."
+                    )
                 self.fill[name] = float(np.median(ok))
                 v = np.where(np.isnan(v), self.fill[name], v)
                 m, s = float(v.mean()), float(v.std())
@@ -237,7 +240,9 @@ class TablePreprocessor:
             else:
                 present = [_level(x) for x in col[~miss]]
                 if not present:
-                    raise TabularDataError(f"column '{name}': no values in the training split. Fix: drop it (data.drop).")
+                    raise TabularDataError(
+                        f"column '{name}': no values in the training split. Fix: drop it (data.drop)."
+                    )
                 levels[name] = sorted(set(present))
                 vals, counts = np.unique(present, return_counts=True)
                 self.fill[name] = str(vals[np.argmax(counts)])
@@ -339,7 +344,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(p)
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise TabularDataError(f"data.path = '{path}': cannot read the table ({e})") from None
-    raise ConfigError(f"data.path = '{path}': unknown file type '{suffix}'; allowed: .csv, .tsv, .parquet, .pq")
+    raise ConfigError(
+        f"data.path = '{path}': unknown file type '{suffix}'; allowed: .csv, .tsv, .parquet, .pq"
+    )
 
 
 def embedded_table(name: str) -> pd.DataFrame:
@@ -353,7 +360,9 @@ def embedded_table(name: str) -> pd.DataFrame:
         "digits": datasets.load_digits,
     }
     if name not in loaders:
-        raise ConfigError(f"data.dataset = '{name}'; embedded tables: {', '.join(EMBEDDED)} (or give data.path)")
+        raise ConfigError(
+            f"data.dataset = '{name}'; embedded tables: {', '.join(EMBEDDED)} (or give data.path)"
+        )
     return loaders[name](as_frame=True).frame
 
 
@@ -406,7 +415,9 @@ class FeatureDataModule(JEPADataModule):
 
     schema: Any = None
 
-    def __init__(self, batch_size: int = 512, num_workers: int = 0, predict_split: str = "test", val_mask_seed: int = 0):
+    def __init__(
+        self, batch_size: int = 512, num_workers: int = 0, predict_split: str = "test", val_mask_seed: int = 0
+    ):
         super().__init__(batch_size, num_workers, predict_split, val_mask_seed)
         self.feature_masking: FeatureMasking | None = None
         self.arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -497,8 +508,10 @@ class TabularDataModule(FeatureDataModule):
     ):
         super().__init__(batch_size, num_workers, predict_split, val_mask_seed)
         if (path is None) == (dataset is None):
-            raise ConfigError("data: give exactly one of data.path (CSV/Parquet file) or data.dataset "
-                              f"({', '.join(EMBEDDED)})")
+            raise ConfigError(
+                "data: give exactly one of data.path (CSV/Parquet file) or data.dataset "
+                f"({', '.join(EMBEDDED)})"
+            )
         if dataset is not None and dataset not in EMBEDDED:
             raise ConfigError(f"data.dataset = '{dataset}'; embedded tables: {', '.join(EMBEDDED)}")
         if not 0 < test_fraction < 1:
@@ -509,7 +522,13 @@ class TabularDataModule(FeatureDataModule):
         self.target = target if target is not None or dataset is None else "target"
         self.test_fraction, self.val_fraction, self.seed = test_fraction, val_fraction, seed
         self.preprocessor = TablePreprocessor(
-            self.target, numeric, categorical, drop, missing, unseen_levels, scale,
+            self.target,
+            numeric,
+            categorical,
+            drop,
+            missing,
+            unseen_levels,
+            scale,
             source=str(path) if path else dataset,
         )
 

@@ -62,7 +62,7 @@ class FeatureMasking:
         """
         F, K = num_features, self.num_targets
         need = 1 + (K if self.disjoint_targets else 1)
-        if F < need:
+        if need > F:
             raise ConfigError(
                 f"model.masking: {F} feature(s) cannot hold a context and {K} "
                 f"{'disjoint ' if self.disjoint_targets else ''}target block(s); lower num_targets"

@@ -24,10 +24,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from ..callbacks.ema import EMA
-from ..distributions import POSTERIORS, PRIORS, PosteriorFamily
+from ..distributions import POSTERIORS, PRIORS
 from ..eval.collapse import effective_rank
 from ..objectives import ELBO, OBJECTIVES, check_finite
-from ..objectives.coupled import CoupledOutputs, LatentKL, has_coupled_terms
+from ..objectives.coupled import CoupledOutputs, LatentKL, coupled, has_coupled_terms
 from ..objectives.elbo import NonFiniteLossError
 from ..registry import ConfigError, spec_name
 from ..schedules import warmup_cosine
@@ -107,7 +107,9 @@ class VarTJEPA(L.LightningModule):
             raise ConfigError(f"model.nonfinite = {nonfinite!r}; allowed: raise, skip")
         unknown = set(posteriors or {}) - set(LATENTS)
         if unknown:
-            raise ConfigError(f"model.posteriors: unknown key(s) {sorted(unknown)}; allowed: {', '.join(LATENTS)}")
+            raise ConfigError(
+                f"model.posteriors: unknown key(s) {sorted(unknown)}; allowed: {', '.join(LATENTS)}"
+            )
         self.arch_name = spec_name(architecture)
         ARCHITECTURES.resolve(architecture, "model.architecture")  # fail early on a bad name
         self.ema_spec = ema
@@ -116,7 +118,9 @@ class VarTJEPA(L.LightningModule):
         self.families = nn.ModuleDict(
             {
                 k: POSTERIORS.build(
-                    (posteriors or {}).get(k, posterior), f"model.posteriors.{k}", dim=aux_dim if k == "z" else latent_dim
+                    (posteriors or {}).get(k, posterior),
+                    f"model.posteriors.{k}",
+                    dim=aux_dim if k == "z" else latent_dim,
                 )
                 for k in LATENTS
             }
@@ -139,8 +143,12 @@ class VarTJEPA(L.LightningModule):
         builder, opts = ARCHITECTURES.resolve(hp.architecture, "model.architecture")
         try:
             self.net = builder(
-                schema=schema, families=dict(self.families), latent_dim=hp.latent_dim, aux_dim=hp.aux_dim,
-                ema=self.ema_spec is not None, **opts,
+                schema=schema,
+                families=dict(self.families),
+                latent_dim=hp.latent_dim,
+                aux_dim=hp.aux_dim,
+                ema=self.ema_spec is not None,
+                **opts,
             )
         except TypeError as e:
             raise ConfigError(f"model.architecture = {hp.architecture!r}: {e}") from e
@@ -150,6 +158,10 @@ class VarTJEPA(L.LightningModule):
         obj_builder, obj_opts = OBJECTIVES.resolve(hp.objective, "model.objective")
         if obj_builder is None:
             raise ConfigError("model.objective: give a preset name or {name, **options}")
+        if obj_builder.__module__.startswith("varjepa.objectives") and obj_builder is not coupled:
+            raise ConfigError(
+                f"model.objective = {spec_name(hp.objective)!r}: VarTJEPA trains the coupled ELBO; use 'coupled'"
+            )
         try:
             terms = obj_builder(
                 prior=prior_sx, prior_z=prior_z, context_decoder=ctx_dec, target_decoder=tgt_dec, **obj_opts
@@ -216,9 +228,16 @@ class VarTJEPA(L.LightningModule):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(("pos_emb", "cls", "cls_pos", "mask_token", "query")) else decay).append(p)
+            (
+                no_decay
+                if p.ndim <= 1 or name.endswith(("pos_emb", "cls", "cls_pos", "mask_token", "query"))
+                else decay
+            ).append(p)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
         )
@@ -232,9 +251,21 @@ class VarTJEPA(L.LightningModule):
         f = self.families
         o = self.net(batch, dict(f))
         return CoupledOutputs(
-            pred=o["p_sy"], family=f["predictor"], target=o["s_y"], target_dist=o["q_sy"], target_family=f["sy"],
-            q_sx=o["q_sx"], family_sx=f["sx"], s_x=o["s_x"], q_z=o["q_z"], family_z=f["z"], z=o["z"],
-            x_latent=o["x_latent"], x_obs=o["x_obs"], y_latent=o["y_latent"], y_obs=o["y_obs"],
+            pred=o["p_sy"],
+            family=f["predictor"],
+            target=o["s_y"],
+            target_dist=o["q_sy"],
+            target_family=f["sy"],
+            q_sx=o["q_sx"],
+            family_sx=f["sx"],
+            s_x=o["s_x"],
+            q_z=o["q_z"],
+            family_z=f["z"],
+            z=o["z"],
+            x_latent=o["x_latent"],
+            x_obs=o["x_obs"],
+            y_latent=o["y_latent"],
+            y_obs=o["y_obs"],
             extras={"batch": batch, "step": self.global_step},
         )
 
@@ -267,8 +298,13 @@ class VarTJEPA(L.LightningModule):
             g = torch.Generator().manual_seed(seed)
             for _ in range(num_draws):
                 ctx, tgt = self.masking(1, self.net.num_features, g)
-                draws.append({"values": values, "context_idx": ctx.expand(B, -1).to(self.device),
-                              "target_idx": tgt.expand(B, -1, -1).to(self.device)})
+                draws.append(
+                    {
+                        "values": values,
+                        "context_idx": ctx.expand(B, -1).to(self.device),
+                        "target_idx": tgt.expand(B, -1, -1).to(self.device),
+                    }
+                )
         total = torch.zeros(B, device=self.device)
         for b in draws:
             o = self.net(b, dict(self.families), sample=False)
@@ -313,10 +349,16 @@ class VarTJEPA(L.LightningModule):
             loss = loss + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.log_dict(values, **kw)
         if stage == "train":
-            self.log_dict({f"train/weight/{k}": w for k, w in res.weights.items()}, on_step=True, batch_size=bs)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bs)
+            self.log_dict(
+                {f"train/weight/{k}": w for k, w in res.weights.items()}, on_step=True, batch_size=bs
+            )
+            self.log(
+                "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bs
+            )
             if not self._reported and res.methods:
-                rank_zero_info("coupled ELBO terms: " + ", ".join(f"{k} ({m})" for k, m in res.methods.items()))
+                rank_zero_info(
+                    "coupled ELBO terms: " + ", ".join(f"{k} ({m})" for k, m in res.methods.items())
+                )
                 self._reported = True
         return loss
 
@@ -329,7 +371,9 @@ class VarTJEPA(L.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "test")
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         """``{"embedding": [B, D], "uncertainty": [B], "label": [B], "index": [B]}`` (uncertainty:
         :meth:`predictive_std`)."""
         out = {"embedding": self.embed(batch["values"]), "uncertainty": self.predictive_std(batch["values"])}
@@ -355,7 +399,13 @@ def extract(model: VarTJEPA, loader, uncertainty: bool = True) -> dict[str, np.n
     uncertainty scores ``[N]`` (``predictive_std``, ``posterior_std``) of every batch of ``loader``."""
     was = model.training
     model.eval()
-    out: dict[str, list] = {"embedding": [], "label": [], "values": [], "predictive_std": [], "posterior_std": []}
+    out: dict[str, list] = {
+        "embedding": [],
+        "label": [],
+        "values": [],
+        "predictive_std": [],
+        "posterior_std": [],
+    }
     for b in loader:
         v = b["values"]
         out["embedding"].append(model.embed(v).cpu())

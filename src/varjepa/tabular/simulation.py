@@ -69,8 +69,14 @@ def simulate(n: int, spec: SimulationSpec = SimulationSpec(), seed: int = 0, map
     x = g_x(s_x) + spec.obs_noise * rng.normal(size=(n, spec.obs_dim))
     y = g_y(s_y) + spec.obs_noise * rng.normal(size=(n, spec.obs_dim))
     f = np.float32
-    return {"x": x.astype(f), "y": y.astype(f), "s_x": s_x.astype(f), "z": z.astype(f),
-            "s_y": s_y.astype(f), "label": c.astype(np.int64)}
+    return {
+        "x": x.astype(f),
+        "y": y.astype(f),
+        "s_x": s_x.astype(f),
+        "z": z.astype(f),
+        "s_y": s_y.astype(f),
+        "label": c.astype(np.int64),
+    }
 
 
 class SimulationDataModule(FeatureDataModule):
