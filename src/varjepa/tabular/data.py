@@ -446,6 +446,7 @@ class FeatureDataModule(JEPADataModule):
         self.masking = masking  # JEPADataModule._collate checks it is set
 
     def set_masking(self, masking, grid) -> None:
+        """The image model's hook: tables need :class:`VarTJEPA` (ConfigError)."""
         raise ConfigError(
             f"{type(self).__name__} holds tables: use model.class_path: varjepa.VarTJEPA (not the image VarJEPA)"
         )
