@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def fit(config: list[str], seed: int, extra: list[str] = ()):
     for c in config:
         args += ["--config", str(ROOT / c)]
     cbs = ["--trainer.callbacks", "[]"] if "--trainer.callbacks" not in extra else []
-    return run(args + QUIET + cbs + ["--seed_everything", str(seed), *extra])
+    with tempfile.TemporaryDirectory() as tmp:  # the CLI saves its config.yaml in the run's folder
+        return run(
+            args + QUIET + cbs + ["--seed_everything", str(seed), f"--trainer.default_root_dir={tmp}", *extra]
+        )
 
 
 QUICK: list[str] = []  # --quick: a smoke test with a few steps
