@@ -210,3 +210,38 @@ def test_target_posterior_preset_builds_target_head_and_trains(tiny):
     assert model.target_head.weight.grad is not None and model.target_head.weight.grad.abs().sum() > 0
     # the EMA target encoder never receives gradients
     assert all(p.grad is None for p in model.target_encoder.parameters())
+
+
+@pytest.mark.parametrize("kl_weight", [0.0, 1.0])
+def test_monte_carlo_terms_share_one_draw(kl_weight):
+    """A flow's sampled NLL and KL use one draw of max(num_samples, kl_samples) (one pass of the
+    flow per step), each term equals its formula on that draw, and gradients reach the head also
+    when the KL (first in order here) is evaluated without gradient."""
+    from varjepa.objectives import ExpectedNLL, KLToPrior
+
+    torch.manual_seed(0)
+    d, lik, prior = 4, Gaussian(4), StandardNormal(4)
+    out = _outputs("flow", d=d)
+    calls = []
+    rsample = out.pred.rsample
+    out.pred.rsample = lambda shape=torch.Size(): calls.append(tuple(shape)) or rsample(shape)
+    kl = KLToPrior(prior, "kl", weight=Constant(kl_weight), num_samples=4)
+    nll = ExpectedNLL(lik, "nll", num_samples=1)
+    res = ELBO([kl, nll])(out, step=0, total=10)
+    assert calls == [(4,)]
+    z = out._draws["pred"]
+    assert z.shape == (4, 3, 5, d)
+    with torch.no_grad():
+        ref_nll = -lik(z).log_prob(out.target).mean()
+        ref_kl = (out.pred.log_prob(z) - prior().log_prob(z)).mean(0).mean()
+    torch.testing.assert_close(res.values["nll"].detach(), ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res.values["kl"].detach(), ref_kl, rtol=1e-4, atol=1e-4)
+    res.loss.backward()
+    grads = [p.grad for p in out.family.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_analytic_terms_reserve_no_draws():
+    out = _outputs("diag_gaussian", d=4)
+    res = ELBO(predictive(StandardNormal(4), Gaussian(4), Constant(1.0)))(out, 0, 10)
+    assert res.methods == {"nll": "analytic", "kl": "analytic"} and out._draws == {}

@@ -11,6 +11,7 @@ from .callbacks import (
     OnlineLinearProbe,
     PredictionWriter,
     SigtermCheckpoint,
+    StepTimer,
     UncertaintyMetrics,
 )
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, JEPADataModule
@@ -56,6 +57,7 @@ __all__ = [
     "SCHEDULES",
     "SigtermCheckpoint",
     "SimulationDataModule",
+    "StepTimer",
     "TabularDataError",
     "TabularDataModule",
     "TabularProbe",

@@ -143,6 +143,10 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point. Configuration errors print one clear line and exit with status 2; a
     non-finite loss or an unreadable input file print one clear line and exit with status 1."""
     argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["ablate"]:  # a grid of `fit` runs, each in its own process
+        from .ablate import main as ablate_main
+
+        sys.exit(ablate_main(argv[1:]))
     try:
         check_config_files(argv)
         run(args)

@@ -6,6 +6,7 @@ from .monitors import CollapseMonitor, CorruptionMonitor, HParamsSummary, Uncert
 from .online import OnlineKNN, OnlineLinearProbe
 from .probe import OfflineProbe
 from .sigterm import SigtermCheckpoint
+from .timing import StepTimer
 from .writer import PredictionWriter
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "OnlineLinearProbe",
     "PredictionWriter",
     "SigtermCheckpoint",
+    "StepTimer",
     "UncertaintyMetrics",
     "ema_update",
 ]

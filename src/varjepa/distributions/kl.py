@@ -19,6 +19,7 @@ from torch.distributions import (
     register_kl,
 )
 from torch.distributions import kl_divergence as _torch_kl
+from torch.distributions.kl import _dispatch_kl
 
 ANALYTIC = "analytic"
 MONTE_CARLO = "monte_carlo"
@@ -59,12 +60,19 @@ def is_analytic(q: Distribution, p: Distribution) -> bool:
     return True
 
 
-def kl_divergence(q: Distribution, p: Distribution, num_samples: int = 1) -> tuple[Tensor, str]:
+def has_registered_kl(q: Distribution, p: Distribution) -> bool:
+    """Whether torch/Pyro dispatch finds a closed form for the *types* of ``q`` and ``p`` (cheap;
+    the closed form may still decline the actual objects, which :func:`kl_divergence` handles)."""
+    return _dispatch_kl(type(q), type(p)) is not NotImplemented
+
+
+def kl_divergence(q: Distribution, p: Distribution, num_samples: int = 1, sampler=None) -> tuple[Tensor, str]:
     """``KL(q‖p)`` with shape ``q.batch_shape`` (broadcast with p's) and the method used.
 
     Analytic when a closed form is registered, else ``mean_k[log q(z_k) − log p(z_k)]`` with
     ``num_samples`` reparameterised samples ``z_k ~ q`` (unbiased, differentiable). A ``q`` with a
     ``stratified_kl(p, num_samples)`` method (mixtures) computes its own unbiased estimate.
+    ``sampler(num_samples) -> [S, ...]`` supplies the draws instead (shared with other terms).
     """
     try:
         return _torch_kl(q, p), ANALYTIC
@@ -75,5 +83,5 @@ def kl_divergence(q: Distribution, p: Distribution, num_samples: int = 1) -> tup
     stratified = getattr(q, "stratified_kl", None)
     if stratified is not None:  # mixtures: draws spread over the components (lower variance, cheaper)
         return stratified(p, num_samples), MONTE_CARLO
-    z = q.rsample((num_samples,))
+    z = sampler(num_samples) if sampler is not None else q.rsample((num_samples,))
     return (q.log_prob(z) - p.log_prob(z)).mean(0), MONTE_CARLO

@@ -3,7 +3,15 @@
 from . import coupled  # noqa: F401  (registers the "coupled" preset)
 from .elbo import ELBO, ELBOResult, NonFiniteLossError, check_finite
 from .outputs import JEPAOutputs
-from .presets import OBJECTIVES, heteroscedastic, jepa, predictive, target_posterior
+from .presets import (
+    OBJECTIVES,
+    heteroscedastic,
+    jepa,
+    predictive,
+    sigreg_jepa,
+    target_posterior,
+    vicreg_jepa,
+)
 from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, TargetNLL, Term
 
 __all__ = [
@@ -22,5 +30,7 @@ __all__ = [
     "heteroscedastic",
     "jepa",
     "predictive",
+    "sigreg_jepa",
     "target_posterior",
+    "vicreg_jepa",
 ]

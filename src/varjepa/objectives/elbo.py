@@ -72,6 +72,10 @@ class ELBO(nn.Module):
         loss = out.target.new_zeros((), dtype=torch.float32)
         ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         with torch.autocast(device_type=out.target.device.type, enabled=False):
+            for t in self.terms:  # Monte Carlo terms share one draw per distribution
+                if t.defined(out):
+                    for source, n in t.sample_requests(out).items():
+                        out.reserve(source, n)
             for t in self.terms:
                 if not t.defined(out):
                     continue

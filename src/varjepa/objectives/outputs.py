@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -22,6 +23,11 @@ class JEPAOutputs:
         target_dist: the target encoder's distribution ``q̄(z_t | x)`` (target-posterior ELBO).
         target_family: the family that built ``target_dist``.
         extras: anything else a custom term needs (images, context tokens, indices, ...).
+
+    Monte Carlo terms share their reparameterised draws through :meth:`rsample`: the ELBO first
+    :meth:`reserve` s what every term asks for, then one draw of the largest size serves them all
+    (for a flow, one pass of its networks instead of one per term; ``log_prob`` of the shared draw
+    reuses the transforms' cache).
     """
 
     pred: Distribution
@@ -30,3 +36,31 @@ class JEPAOutputs:
     target_dist: Distribution | None = None
     target_family: PosteriorFamily | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    _reserved: dict[str, int] = field(default_factory=dict, repr=False)
+    _draws: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def _dist(self, source: str) -> Distribution:
+        if source == "pred":
+            return self.pred
+        if source == "target" and self.target_dist is not None:
+            return self.target_dist
+        raise ValueError(f"no distribution '{source}' in these outputs (allowed: pred, target)")
+
+    def reserve(self, source: str, num_samples: int) -> None:
+        """Announce that a term will ask for ``num_samples`` draws of ``source`` ("pred"/"target")."""
+        self._reserved[source] = max(self._reserved.get(source, 0), num_samples)
+
+    def rsample(self, source: str, num_samples: int) -> Tensor:
+        """Reparameterised draws ``[S, B, T, d]`` of ``source``, shared by every term of the step.
+
+        ``S = max(num_samples, reserved)`` on the first call; later calls get the same tensor
+        (so ``S >= num_samples``: each term averages over all shared draws, which keeps it
+        unbiased). The draw is made with gradients on, whatever mode the caller is in.
+        """
+        z = self._draws.get(source)
+        if z is None or z.shape[0] < num_samples:
+            n = max(num_samples, self._reserved.get(source, 0))
+            with torch.enable_grad():
+                z = self._dist(source).rsample((n,))
+            self._draws[source] = z
+        return z

@@ -2,8 +2,9 @@
 
 ``predictive`` (default, DESIGN §2a), ``target_posterior`` (§2b), ``heteroscedastic`` (the
 predictor scores z̄ itself: informative, calibrated uncertainty) and ``jepa`` (deterministic
-I-JEPA regression). A new formulation registers one more function here; the training loop
-does not change.
+I-JEPA regression), plus the regularised baselines ``vicreg_jepa`` and ``sigreg_jepa`` (``jepa``
+with an anti-collapse term on the same encoder). A new formulation registers one more function
+here; the training loop does not change.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..registry import Registry
-from ..schedules import Schedule
+from ..schedules import Schedule, build_schedule
+from .regularizers import SIGReg, VICRegVarCov
 from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, TargetNLL, Term
 
 OBJECTIVES: Registry[list[Term]] = Registry("objective preset", "model.objective")
@@ -69,3 +71,38 @@ def heteroscedastic(
         TargetNLL("nll", beta_nll=beta_nll),
         KLToPrior(prior, "kl", weight=beta, source="pred", num_samples=kl_samples),
     ]
+
+
+@OBJECTIVES.register("vicreg_jepa")
+def vicreg_jepa(
+    prior: nn.Module,
+    likelihood: nn.Module,
+    beta: Schedule,
+    loss: str = "mse",
+    weight: float | dict = 1.0,
+    gamma: float = 1.0,
+    cov_weight: float = 0.04,
+) -> list[Term]:
+    """VICReg-regularised JEPA: ``jepa``'s regression (term ``mse``/``smooth_l1``) plus VICReg's
+    variance hinge and covariance penalty on the pooled context embeddings (term ``vicreg``,
+    weight ``weight``; global batch under DDP). Use with a ``dirac`` posterior and β = 0."""
+    reg = VICRegVarCov(
+        weight=build_schedule(weight, "model.objective.weight"), gamma=gamma, cov_weight=cov_weight
+    )
+    return [Regression(loss, loss=loss), reg]
+
+
+@OBJECTIVES.register("sigreg_jepa")
+def sigreg_jepa(
+    prior: nn.Module,
+    likelihood: nn.Module,
+    beta: Schedule,
+    loss: str = "mse",
+    weight: float | dict = 0.05,
+    num_slices: int = 256,
+) -> list[Term]:
+    """SIGReg JEPA (LeJEPA): ``jepa``'s regression plus the sliced Epps–Pulley test of the pooled
+    context embeddings against N(0, I) (term ``sigreg``, weight ``weight``, LeJEPA's λ = 0.05;
+    correct under DDP). Use with a ``dirac`` posterior and β = 0."""
+    reg = SIGReg(weight=build_schedule(weight, "model.objective.weight"), num_slices=num_slices)
+    return [Regression(loss, loss=loss), reg]

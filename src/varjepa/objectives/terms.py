@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
 from ..distributions import ANALYTIC, MONTE_CARLO, kl_divergence
+from ..distributions.kl import has_registered_kl
 from ..registry import ConfigError
 from ..schedules import Constant, Schedule
 from .outputs import JEPAOutputs
@@ -43,6 +44,10 @@ class Term(nn.Module):
 
     def validate(self, family, target_family=None) -> None:
         """Raise a ConfigError if the term cannot work with the configured families."""
+
+    def sample_requests(self, out: JEPAOutputs) -> dict[str, int]:
+        """Reparameterised draws this term will take through ``out.rsample``: {source: count}."""
+        return {}
 
     def forward(self, out: JEPAOutputs) -> Tensor:  # pragma: no cover - abstract
         """Unweighted scalar value for one batch."""
@@ -76,16 +81,24 @@ class ExpectedNLL(Term):
         self.num_samples = num_samples
         self.analytic = analytic
 
+    def _closed_form(self, out: JEPAOutputs) -> bool:
+        return self.analytic and out.family.exact_moments and hasattr(self.likelihood, "expected_nll")
+
+    def sample_requests(self, out: JEPAOutputs) -> dict[str, int]:
+        if self._closed_form(out) or not out.family.stochastic:
+            return {}
+        return {"pred": self.num_samples}
+
     def forward(self, out: JEPAOutputs) -> Tensor:
         fam, target = out.family, out.target.float()
-        if self.analytic and fam.exact_moments and hasattr(self.likelihood, "expected_nll"):
+        if self._closed_form(out):
             self.method = ANALYTIC
             return self.likelihood.expected_nll(
                 fam.mean(out.pred), fam.marginal_variance(out.pred), target
             ).mean()
         self.method = MONTE_CARLO
         if fam.stochastic:
-            z = out.pred.rsample((self.num_samples,))  # [S, B, T, d]
+            z = out.rsample("pred", self.num_samples)  # [S, B, T, d], shared with other terms
         else:
             z = out.family.mean(out.pred).unsqueeze(0)
         return -self.likelihood(z).log_prob(target).mean()
@@ -126,9 +139,17 @@ class KLToPrior(Term):
         fam = self._family(out)
         return fam is not None and fam.stochastic
 
+    def sample_requests(self, out: JEPAOutputs) -> dict[str, int]:
+        q = out.pred if self.source == "pred" else out.target_dist
+        if q is None or has_registered_kl(q, self.prior()) or hasattr(q, "stratified_kl"):
+            return {}
+        return {self.source: self.num_samples}
+
     def forward(self, out: JEPAOutputs) -> Tensor:
         q = out.pred if self.source == "pred" else out.target_dist
-        kl, self.method = kl_divergence(q, self.prior(), self.num_samples)
+        kl, self.method = kl_divergence(
+            q, self.prior(), self.num_samples, sampler=lambda n: out.rsample(self.source, n)
+        )
         return kl.mean()
 
 
@@ -149,9 +170,12 @@ class PredictiveNLL(Term):
                 "target_posterior objective needs a stochastic posterior family"
             )
 
+    def sample_requests(self, out: JEPAOutputs) -> dict[str, int]:
+        return {"target": self.num_samples} if out.target_family.stochastic else {}
+
     def forward(self, out: JEPAOutputs) -> Tensor:
         if out.target_family.stochastic:
-            z = out.target_dist.rsample((self.num_samples,))
+            z = out.rsample("target", self.num_samples)  # shared with a Monte Carlo KL
         else:
             z = out.target_family.mean(out.target_dist).unsqueeze(0)
         return -out.pred.log_prob(z).mean()
