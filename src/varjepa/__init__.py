@@ -21,6 +21,14 @@ from .module import VarJEPA
 from .objectives import ELBO, OBJECTIVES
 from .registry import ConfigError
 from .schedules import SCHEDULES
+from .tabular import (
+    FeatureMasking,
+    SimulationDataModule,
+    TabularDataError,
+    TabularDataModule,
+    TabularProbe,
+    VarTJEPA,
+)
 
 __version__ = "0.1.0"
 
@@ -32,6 +40,7 @@ __all__ = [
     "DigitsDataModule",
     "ELBO",
     "EMA",
+    "FeatureMasking",
     "HParamsSummary",
     "ImageFolderDataModule",
     "JEPADataModule",
@@ -47,8 +56,13 @@ __all__ = [
     "PredictionWriter",
     "SCHEDULES",
     "SigtermCheckpoint",
+    "SimulationDataModule",
     "StepTimer",
+    "TabularDataError",
+    "TabularDataModule",
+    "TabularProbe",
     "UncertaintyMetrics",
     "VarJEPA",
+    "VarTJEPA",
     "kl_divergence",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -35,7 +36,9 @@ class VarJEPACLI(LightningCLI):
         self._check_ckpt()
 
     def _check(self) -> None:
-        self.model.check_data(self.datamodule)
+        check_data = getattr(self.model, "check_data", None)
+        if callable(check_data):
+            check_data(self.datamodule)
         verify = getattr(self.datamodule, "verify", None)
         if callable(verify):  # e.g. unreadable image files, before the logger creates its folder
             verify()
@@ -64,11 +67,32 @@ class VarJEPACLI(LightningCLI):
             )
 
 
+def _selects_model_class(args: list[str]) -> bool:
+    """Whether the config files or the command line choose the model by ``class_path`` (e.g.
+    ``model: {class_path: varjepa.VarTJEPA}``); otherwise the model is :class:`VarJEPA`."""
+    if any(a.startswith(("--model.class_path", "--model=")) or a == "--model" for a in args):
+        return True
+    for f in _config_files(args):
+        try:
+            cfg = yaml.safe_load(Path(f).expanduser().read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) and "class_path" in cfg["model"]:
+            return True
+    return False
+
+
 def run(args: list[str] | None = None) -> VarJEPACLI:
-    """Build and run the CLI on ``args`` (default ``sys.argv``); returns it (model, trainer, ...)."""
+    """Build and run the CLI on ``args`` (default ``sys.argv``); returns it (model, trainer, ...).
+
+    The model is :class:`VarJEPA` unless a config selects another LightningModule by class_path
+    (``varjepa.VarTJEPA`` for tables)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    by_class = _selects_model_class(argv)
     return VarJEPACLI(
-        VarJEPA,
+        L.LightningModule if by_class else VarJEPA,
         JEPADataModule,
+        subclass_mode_model=by_class,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,

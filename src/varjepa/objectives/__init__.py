@@ -1,5 +1,6 @@
 """ELBO terms, the shared ELBO, and objective presets."""
 
+from . import coupled  # noqa: F401  (registers the "coupled" preset)
 from .elbo import ELBO, ELBOResult, NonFiniteLossError, check_finite
 from .outputs import JEPAOutputs
 from .presets import (
