@@ -220,14 +220,14 @@ class BatchedMixtureOfDiagNormals(pdist.MixtureOfDiagNormals):
             s = math.ceil(num_samples / K)
             eps = torch.randn((s, *self.locs.shape), dtype=self.locs.dtype, device=self.locs.device)
             z = self.locs + self.coord_scale * eps  # [s, *b, K, d]: draw j from component j
-            diff = self.log_prob_per_draw(z) - p.log_prob(z)  # [s, *b, K]
+            diff = self.log_prob_per_draw(z) - _log_prob_draws_in_dim_m2(p, z)  # [s, *b, K]
             return (pis * diff.mean(0)).sum(-1)
         flat = torch.ones(pis.shape[:-1].numel(), K, device=pis.device)
         which = torch.multinomial(flat, num_samples).view(*pis.shape[:-1], num_samples)  # [*b, n]
         idx = which.unsqueeze(-1).expand(*which.shape, self.locs.shape[-1])
         loc, scale = self.locs.gather(-2, idx), self.coord_scale.gather(-2, idx)  # [*b, n, d]
         z = loc + scale * torch.randn_like(loc)
-        diff = self.log_prob_per_draw(z) - p.log_prob(z)  # [*b, n]
+        diff = self.log_prob_per_draw(z) - _log_prob_draws_in_dim_m2(p, z)  # [*b, n]
         return (K / num_samples) * (pis.gather(-1, which) * diff).sum(-1)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
@@ -238,6 +238,13 @@ class BatchedMixtureOfDiagNormals(pdist.MixtureOfDiagNormals):
             self.component_logits.expand(shape[:-1]),
             torch.Size(),
         )
+
+
+def _log_prob_draws_in_dim_m2(p: Distribution, z: Tensor) -> Tensor:
+    """``p.log_prob`` of draws ``z`` ``[..., *batch, J, d]`` whose draw index sits in dim −2, as
+    ``[..., *batch, J]``: the draws are moved in front first, so that a ``p`` with its own batch
+    shape ``[*batch]`` (a conditional prior) broadcasts as well as an unbatched one."""
+    return p.log_prob(z.movedim(-2, 0)).movedim(0, -1)
 
 
 def mixture_moments(dist: pdist.MixtureOfDiagNormals) -> tuple[Tensor, Tensor]:

@@ -74,17 +74,6 @@ def _coupled(out: JEPAOutputs, term: str) -> CoupledOutputs:
     return out
 
 
-class _DrawsLast:
-    """``p`` seen by a mixture's stratified KL, whose draws sit in dim −2 (``[*s, *batch, J, d]``):
-    ``log_prob`` moves them in front so that ``p``'s own batch shape ``[*batch]`` broadcasts."""
-
-    def __init__(self, p: Distribution):
-        self.p = p
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        return self.p.log_prob(z.movedim(-2, 0)).movedim(0, -1)
-
-
 def kl_between(q: Distribution, p: Distribution, num_samples: int = 4) -> tuple[Tensor, str]:
     """``KL(q ‖ p)`` ``[*batch]`` where ``p`` may have its own batch shape (a conditional prior).
 
@@ -99,8 +88,7 @@ def kl_between(q: Distribution, p: Distribution, num_samples: int = 4) -> tuple[
         raise ValueError(f"num_samples = {num_samples}; must be >= 1")
     stratified = getattr(q, "stratified_kl", None)
     if stratified is not None:
-        target = p if len(p.batch_shape) == 0 else _DrawsLast(p)
-        return stratified(target, num_samples), MONTE_CARLO
+        return stratified(p, num_samples), MONTE_CARLO
     z = q.rsample((num_samples,))
     return (q.log_prob(z) - p.log_prob(z)).mean(0), MONTE_CARLO
 
