@@ -10,9 +10,10 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Laplace, Normal
+from torch.distributions import Distribution, Independent, Laplace
 
 from ..registry import ConfigError, Registry
+from .diag_normal import DiagNormal
 from .posteriors import bounded_std, inverse_bounded_std
 
 LIKELIHOODS: Registry[nn.Module] = Registry("likelihood", "model.likelihood")
@@ -41,7 +42,7 @@ class Gaussian(nn.Module):
         self.sigma = _positive("model.likelihood", "sigma", sigma)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Normal(z.float(), self.sigma, validate_args=False), 1, validate_args=False)
+        return DiagNormal(z.float(), self.sigma)
 
     def expected_nll(self, mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
         """Closed form of ``E_{z~q}[−log p(z̄ | z)]`` from q's mean and marginal variance ``[*batch, d]``;
@@ -72,7 +73,7 @@ class GaussianLearned(nn.Module):
         return bounded_std(self.raw_sigma.float(), self.min_std, 1e3)
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Normal(z.float(), self.sigma, validate_args=False), 1, validate_args=False)
+        return DiagNormal(z.float(), self.sigma)
 
     def expected_nll(self, mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
         """Closed form of ``E_{z~q}[−log p(z̄ | z)]`` (see :func:`gaussian_expected_nll`)."""

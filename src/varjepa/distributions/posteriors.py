@@ -23,6 +23,7 @@ from torch.distributions import Distribution, Independent, LowRankMultivariateNo
 from torch.distributions.utils import lazy_property
 
 from ..registry import ConfigError, Registry
+from .fused_flow import AffineAutoregressiveFlow, fusable
 from .stable_mixture import MixtureLogDensity, mixture_rsample
 
 POSTERIORS: Registry[PosteriorFamily] = Registry("posterior family", "model.posterior")
@@ -343,6 +344,8 @@ class Flow(PosteriorFamily):
             FLOW_TRANSFORMS[transform](dim, context_dim, hidden_dims=hidden) for _ in range(depth)
         )
         self.register_buffer("reverse", torch.arange(dim - 1, -1, -1), persistent=False)
+        # affine-autoregressive layers are sampled (and their draws scored) by one fused pass
+        self._fused = all(fusable(t) for t in self.transforms)
 
     @property
     def num_params(self) -> int:
@@ -356,6 +359,8 @@ class Flow(PosteriorFamily):
             if i > 0 and self.transform != "spline":
                 chain.append(T.Permute(self.reverse))
             chain.append(t.condition(context))
+        if self._fused:
+            return AffineAutoregressiveFlow(base, chain, context, list(self.transforms))
         return pdist.TransformedDistribution(base, chain)
 
     def _samples(self, dist: Distribution) -> Tensor:

@@ -8,6 +8,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from ..registry import ConfigError, Registry
+from .diag_normal import DiagNormal
 from .posteriors import bounded_std, inverse_bounded_std
 
 PRIORS: Registry[nn.Module] = Registry("prior", "model.prior")
@@ -36,9 +37,7 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(dim), persistent=False)
 
     def forward(self) -> Distribution:
-        return Independent(
-            Normal(self.loc.float(), self.scale.float(), validate_args=False), 1, validate_args=False
-        )
+        return DiagNormal(self.loc.float(), self.scale.float())
 
 
 @PRIORS.register("learned_diagonal")
@@ -52,13 +51,7 @@ class LearnedDiagonal(Prior):
         self.raw_scale = nn.Parameter(torch.full((dim,), inverse_bounded_std(1.0, min_std)))
 
     def forward(self) -> Distribution:
-        return Independent(
-            Normal(
-                self.loc.float(), bounded_std(self.raw_scale.float(), self.min_std, 1e3), validate_args=False
-            ),
-            1,
-            validate_args=False,
-        )
+        return DiagNormal(self.loc.float(), bounded_std(self.raw_scale.float(), self.min_std, 1e3))
 
 
 @PRIORS.register("mixture_of_gaussians")
