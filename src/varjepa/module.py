@@ -31,7 +31,8 @@ from .objectives import ELBO, OBJECTIVES, JEPAOutputs, check_finite
 from .objectives.elbo import NonFiniteLossError
 from .objectives.regularizers import REGULARIZERS
 from .registry import ConfigError, spec_name
-from .schedules import build_schedule, warmup_cosine
+from .optim import adamw_warmup_cosine
+from .schedules import build_schedule
 
 DEFAULT_BETA = {"name": "linear_warmup", "value": 1.0, "warmup": 0.2}
 DEFAULT_EMA = {"name": "linear", "start": 0.996, "end": 1.0}
@@ -235,22 +236,16 @@ class VarJEPA(L.LightningModule):
         return self._total_steps
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim <= 1 or name.endswith(("pos_embed", "mask_token", "cls_token", "reg_token")):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            betas=self.adam_betas,
+        return adamw_warmup_cosine(
+            self.named_parameters(),
+            self.lr,
+            self.weight_decay,
+            self.adam_betas,
+            self.total_steps,
+            self.warmup,
+            self.final_lr_ratio,
+            no_decay_suffixes=("pos_embed", "mask_token", "cls_token", "reg_token"),
         )
-        total, warm, final = self.total_steps, self.warmup, self.final_lr_ratio
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, final))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---------------------------------------------------------------- forward
     @torch.no_grad()

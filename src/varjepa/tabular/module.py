@@ -30,7 +30,7 @@ from ..objectives import ELBO, OBJECTIVES, check_finite
 from ..objectives.coupled import CoupledOutputs, LatentKL, coupled, has_coupled_terms
 from ..objectives.elbo import NonFiniteLossError
 from ..registry import ConfigError, spec_name
-from ..schedules import warmup_cosine
+from ..optim import adamw_warmup_cosine
 from .architecture import ARCHITECTURES
 from .masking import FeatureMasking
 
@@ -224,26 +224,17 @@ class VarTJEPA(L.LightningModule):
         return self._total_steps
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (
-                no_decay
-                if p.ndim <= 1 or name.endswith(("pos_emb", "cls", "cls_pos", "mask_token", "query"))
-                else decay
-            ).append(p)
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
+        hp = self.hparams
+        return adamw_warmup_cosine(
+            self.named_parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.betas,
+            self.total_steps,
+            hp.warmup,
+            hp.final_lr_ratio,
+            no_decay_suffixes=("pos_emb", "cls", "cls_pos", "mask_token", "query"),
         )
-        total, warm, final = self.total_steps, self.hparams.warmup, self.hparams.final_lr_ratio
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, final))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---------------------------------------------------------------- forward
     def forward(self, batch: dict[str, Tensor]) -> CoupledOutputs:
