@@ -29,6 +29,7 @@ from .tabular import (
     TabularProbe,
     VarTJEPA,
 )
+from .worldmodel import LatentWorldModel, TrajectoryDataModule, WindyPointMass
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "HParamsSummary",
     "ImageFolderDataModule",
     "JEPADataModule",
+    "LatentWorldModel",
     "LIKELIHOODS",
     "MultiBlockMasking",
     "NoiseAugmentation",
@@ -61,8 +63,10 @@ __all__ = [
     "TabularDataError",
     "TabularDataModule",
     "TabularProbe",
+    "TrajectoryDataModule",
     "UncertaintyMetrics",
     "VarJEPA",
     "VarTJEPA",
+    "WindyPointMass",
     "kl_divergence",
 ]

@@ -23,6 +23,14 @@ _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 class VarJEPACLI(LightningCLI):
     """LightningCLI for :class:`VarJEPA` with any :class:`JEPADataModule` (selected by class_path)."""
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # a world-model config carries the settings of `varjepa plan`; fit/validate/... ignore them
+        from .worldmodel.plan import PlanSettings
+
+        parser.add_argument(
+            "--plan", type=PlanSettings | None, default=None, help="settings of `varjepa plan`"
+        )
+
     def before_fit(self) -> None:
         self._check()
 
@@ -147,6 +155,10 @@ def main(args: list[str] | None = None) -> None:
         from .ablate import main as ablate_main
 
         sys.exit(ablate_main(argv[1:]))
+    if argv[:1] == ["plan"]:  # planning with a trained world model
+        from .worldmodel.plan import main as plan_main
+
+        sys.exit(plan_main(argv[1:]))
     try:
         check_config_files(argv)
         run(args)

@@ -1,0 +1,438 @@
+"""``LatentWorldModel``: an action-conditioned Var-JEPA over trajectories.
+
+Data path (one way): window of observations and actions → online observation encoder (latents
+``z_t``, layer-normed) → recurrent belief ``h_t`` over ``z_≤t, a_<t`` (GRU) → predictor
+``p(z_{t+1} | h_t, a_t)`` (any posterior family) → k-step open-loop rollouts by sampling, each
+sample fed back into the belief → ELBO terms against the EMA target encoder's latents
+``z̄_{t+j}`` of the observed future → logs.
+
+The objective is any preset of :data:`~varjepa.objectives.OBJECTIVES` (default
+``heteroscedastic``: the predictor's density scores the observed future latent, so its spread is
+the predicted error and k-step intervals are calibrated; ``predictive`` gives every input the same
+spread, see README) plus two world-model terms: ``rec`` (observation decoder on the online latents,
+against collapse) and ``hazard`` (a hazard classifier on the target latents, read by the planner's
+cost), and optional ``regularizers`` (SIGReg, VICReg on the online latents).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ..callbacks.ema import EMA
+from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS, PosteriorFamily
+from ..distributions.posteriors import bounded_std
+from ..eval.collapse import effective_rank
+from ..objectives import ELBO, OBJECTIVES, JEPAOutputs, check_finite
+from ..objectives.regularizers import REGULARIZERS
+from ..optim import adamw_warmup_cosine
+from ..registry import ConfigError, spec_name
+from ..schedules import build_schedule
+from .evaluate import RankCoverage, rollout_samples
+from .sampling import sample_from_noise
+from .terms import HazardBCE, ObservationNLL
+
+Spec = str | dict[str, Any]
+DEFAULT_OBJECTIVE = {"name": "heteroscedastic", "beta_nll": 1.0}
+DEFAULT_EMA = {"name": "linear", "start": 0.99, "end": 0.999}
+
+
+def mlp(sizes: list[int], act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    """Linear layers of the given sizes with ``act`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class LatentWorldModel(L.LightningModule):
+    """Action-conditioned variational JEPA world model.
+
+    Args:
+        latent_dim: size d of the observation latents.
+        hidden: width of the encoder, decoder, predictor and hazard MLPs.
+        belief_dim: size of the recurrent belief ``h_t``.
+        encoder_depth: hidden layers of the observation encoder.
+        posterior: family of ``p(z_{t+1} | h_t, a_t)`` (registry name, ``{name, **opts}``).
+        prior / likelihood / objective / beta: as for :class:`~varjepa.VarJEPA`.
+        regularizers: optional anti-collapse terms on the online latents (``sigreg``, ``vicreg``).
+        horizon: k, steps of the open-loop training rollouts.
+        burn_in: observations the belief filters before the first rollout starts.
+        reconstruction_weight: weight of the ``rec`` term (0 drops the decoder).
+        hazard_weight: weight of the ``hazard`` term (0 drops the hazard head, e.g. Pendulum).
+        ema: EMA momentum schedule of the target encoder.
+        calibration_horizons / calibration_samples: k-step coverage logged at validation
+            (``val/coverage90_k{k}``), from ``calibration_samples`` rollouts per window.
+        lr / weight_decay / betas / warmup / final_lr_ratio: AdamW, warm-up and cosine decay.
+        spaces: sizes, observation statistics, action bounds and environment of the data (set by
+            :class:`~varjepa.worldmodel.TrajectoryDataModule` in ``setup``; kept in checkpoints).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        hidden: int = 128,
+        belief_dim: int = 128,
+        encoder_depth: int = 2,
+        posterior: Spec = "diag_gaussian",
+        prior: Spec = "standard_normal",
+        likelihood: Spec = "gaussian",
+        objective: Spec = DEFAULT_OBJECTIVE,
+        beta: float | Spec = 0.0,
+        regularizers: list[Spec] | None = None,
+        horizon: int = 5,
+        burn_in: int = 4,
+        reconstruction_weight: float = 1.0,
+        hazard_weight: float = 1.0,
+        ema: float | Spec | None = DEFAULT_EMA,
+        calibration_horizons: tuple[int, ...] = (1, 5, 10),
+        calibration_samples: int = 199,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup: float = 0.05,
+        final_lr_ratio: float = 0.05,
+        spaces: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        for name, v in (("latent_dim", latent_dim), ("hidden", hidden), ("belief_dim", belief_dim)):
+            if v < 1:
+                raise ConfigError(f"model.{name} = {v}; must be >= 1")
+        if horizon < 1 or burn_in < 1:
+            raise ConfigError(f"model.horizon = {horizon}, model.burn_in = {burn_in}; both must be >= 1")
+        if lr <= 0:
+            raise ConfigError(f"model.lr = {lr}; must be > 0")
+        if reconstruction_weight < 0 or hazard_weight < 0:
+            raise ConfigError("model.reconstruction_weight and model.hazard_weight must be >= 0")
+        if any(k < 1 for k in calibration_horizons) or calibration_samples < 2:
+            raise ConfigError("model.calibration_horizons must be >= 1 and calibration_samples >= 2")
+        self.family: PosteriorFamily = POSTERIORS.build(posterior, "model.posterior", dim=latent_dim)
+        prior_mod = PRIORS.build(prior, "model.prior", dim=latent_dim)
+        lik_mod = LIKELIHOODS.build(likelihood, "model.likelihood", dim=latent_dim)
+        self.beta = build_schedule(beta, "model.beta")
+        builder, opts = OBJECTIVES.resolve(objective, "model.objective")
+        if builder is None:
+            raise ConfigError("model.objective: give a preset name, {name, **options} or a class_path")
+        try:
+            terms = builder(prior=prior_mod, likelihood=lik_mod, beta=self.beta, **opts)
+        except TypeError as e:
+            raise ConfigError(f"model.objective = {objective!r}: {e}") from e
+        if any(t.requires for t in terms):
+            raise ConfigError(
+                f"model.objective = {spec_name(objective)!r} needs a target posterior; a world model "
+                "supports predictive, heteroscedastic, jepa and their regularised variants"
+            )
+        for i, spec in enumerate(regularizers or []):
+            builder_r, ropts = REGULARIZERS.resolve(spec, f"model.regularizers[{i}]")
+            if "weight" in ropts:
+                ropts["weight"] = build_schedule(ropts["weight"], f"model.regularizers[{i}].weight")
+            terms.append(builder_r(**ropts) if builder_r is not None else spec)
+        if reconstruction_weight > 0:
+            terms.append(ObservationNLL("rec", weight=build_schedule(reconstruction_weight, "model")))
+        if hazard_weight > 0:
+            terms.append(HazardBCE("hazard", weight=build_schedule(hazard_weight, "model")))
+        self.elbo = ELBO(terms)
+        self.elbo.validate(self.family, None)
+        self.ema_spec = ema
+        if ema is not None:
+            EMA(ema)
+        self.calibration = nn.ModuleDict(
+            {f"k{k}": RankCoverage((0.5, 0.9)) for k in sorted(set(calibration_horizons))}
+        )
+        self.encoder: nn.Module | None = None
+        self._total_steps: int | None = None
+        self._reported = False
+        if spaces is not None:
+            self.build(spaces)
+
+    # ----------------------------------------------------------------- set-up
+    def build(self, spaces: dict[str, Any]) -> None:
+        """Create the networks for the data's ``spaces`` (sizes, statistics, bounds; idempotent)."""
+        if self.encoder is not None:
+            return
+        hp = self.hparams
+        try:
+            n_obs, n_act = int(spaces["obs_dim"]), int(spaces["action_dim"])
+            stats = {k: torch.tensor(spaces[k], dtype=torch.float32) for k in ("obs_mean", "obs_std")}
+            low, high = (torch.tensor(spaces[k], dtype=torch.float32) for k in ("action_low", "action_high"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"model.spaces is incomplete or malformed ({e})") from e
+        if stats["obs_mean"].shape != (n_obs,) or low.shape != (n_act,) or not torch.all(high > low):
+            raise ConfigError(
+                f"model.spaces: shapes or action bounds do not fit obs_dim={n_obs}, action_dim={n_act}"
+            )
+        d, H = hp.latent_dim, hp.hidden
+        self.obs_dim, self.action_dim = n_obs, n_act
+        self.register_buffer("obs_mean", stats["obs_mean"])
+        self.register_buffer("obs_std", stats["obs_std"].clamp_min(1e-6))
+        self.register_buffer("action_mid", (high + low) / 2)
+        self.register_buffer("action_half", (high - low) / 2)
+        self.encoder = mlp([n_obs] + [H] * hp.encoder_depth + [d])
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.belief = nn.GRUCell(d + n_act, hp.belief_dim)
+        self.head = mlp([hp.belief_dim + n_act, H, H, self.family.num_params])
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.decoder = mlp([d, H, n_obs]) if hp.reconstruction_weight > 0 else None
+        self.decoder_log_std = nn.Parameter(torch.zeros(n_obs)) if self.decoder is not None else None
+        self.hazard_head = mlp([d, H, 1]) if hp.hazard_weight > 0 else None
+        self.hparams["spaces"] = dict(spaces)
+
+    def configure_callbacks(self):
+        """The EMA teacher update is part of the method: the model brings its callback."""
+        return [EMA(self.ema_spec)] if self.ema_spec is not None else []
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` encoder pair for the EMA callback."""
+        return [(self.encoder, self.target_encoder)]
+
+    def check_data(self, dm: Any) -> None:
+        """ConfigError unless ``dm`` serves trajectories long enough for burn-in + horizon; builds the
+        networks from its spaces (before anything is written)."""
+        if not hasattr(dm, "spaces"):
+            raise ConfigError(
+                f"LatentWorldModel reads trajectories: use varjepa.TrajectoryDataModule, not {type(dm).__name__}"
+            )
+        hp = self.hparams
+        need = hp.burn_in + hp.horizon
+        if dm.window < need:
+            raise ConfigError(
+                f"data.window = {dm.window} but model.burn_in + model.horizon = {need}; make the window longer"
+            )
+        spaces = dm.spaces()
+        if self.encoder is not None:
+            mine = self.hparams.spaces
+            for k in ("obs_dim", "action_dim"):
+                if mine[k] != spaces[k]:
+                    raise ConfigError(f"the data's {k} = {spaces[k]} differs from this model's {mine[k]}")
+            return
+        self.build(spaces)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            self.check_data(dm)
+        elif self.encoder is None:
+            raise ConfigError(
+                "LatentWorldModel: no spaces; train with varjepa.TrajectoryDataModule or pass spaces="
+            )
+
+    @property
+    def total_steps(self) -> int:
+        """Total optimizer steps of the run (for schedules)."""
+        if self._total_steps is None:
+            self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        return self._total_steps
+
+    def on_fit_start(self) -> None:
+        self._total_steps = None
+        hp = self.hparams
+        rank_zero_info(
+            f"LatentWorldModel: env={hp.spaces['env']['id']}, posterior={spec_name(hp.posterior)}, "
+            f"objective={spec_name(hp.objective)}, latent dim={hp.latent_dim}, horizon={hp.horizon}, "
+            f"total steps={self.total_steps}"
+        )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return adamw_warmup_cosine(
+            self.named_parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.betas,
+            self.total_steps,
+            hp.warmup,
+            hp.final_lr_ratio,
+        )
+
+    # ------------------------------------------------------------ components
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        """Raw observations ``[..., O]`` → standardised (training statistics)."""
+        return (obs.float() - self.obs_mean) / self.obs_std
+
+    def normalize_action(self, action: Tensor) -> Tensor:
+        """Environment actions ``[..., A]`` → ``[-1, 1]`` units."""
+        return (action.float() - self.action_mid) / self.action_half
+
+    def denormalize_action(self, action: Tensor) -> Tensor:
+        """``[-1, 1]`` units ``[..., A]`` → environment actions."""
+        return action * self.action_half + self.action_mid
+
+    def encode(self, obs: Tensor, target: bool = False) -> Tensor:
+        """Latents ``[..., d]`` (layer-normed) of raw observations ``[..., O]``; ``target=True`` uses the
+        EMA target encoder (no gradient)."""
+        x = self.normalize_obs(obs)
+        if target:
+            with torch.no_grad():
+                h = self.target_encoder(x)
+        else:
+            h = self.encoder(x)
+        return F.layer_norm(h, (h.shape[-1],))
+
+    def initial_belief(self, n: int) -> Tensor:
+        """Zero belief ``[n, belief_dim]``."""
+        return torch.zeros(n, self.hparams.belief_dim, device=self.obs_mean.device)
+
+    def update_belief(self, h: Tensor, z: Tensor, prev_action: Tensor) -> Tensor:
+        """``h_t = GRU([z_t, a_{t−1}], h_{t−1})``: ``h`` ``[N, belief]``, ``z`` ``[N, d]``, ``prev_action``
+        ``[N, A]`` in ``[-1, 1]`` units (zeros before the first action)."""
+        return self.belief(torch.cat([z, prev_action], -1), h)
+
+    def filter(self, z: Tensor, actions: Tensor) -> Tensor:
+        """Beliefs ``[B, W, belief]`` after each of the latents ``z`` ``[B, W, d]``, given the normalised
+        actions between them ``[B, W−1, A]``."""
+        B, W, _ = z.shape
+        h = self.initial_belief(B)
+        prev = torch.cat([actions.new_zeros(B, 1, self.action_dim), actions], 1)
+        out = []
+        for t in range(W):
+            h = self.update_belief(h, z[:, t], prev[:, t])
+            out.append(h)
+        return torch.stack(out, 1)
+
+    def predict(self, h: Tensor, action: Tensor) -> Distribution:
+        """``p(z_{t+1} | h_t, a_t)``: batch ``[N]``, event ``[d]`` (fp32)."""
+        return self.family(self.head(torch.cat([h, action], -1)))
+
+    def imagine(
+        self, h: Tensor, actions: Tensor, sample: bool = True, noise: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Open-loop rollout from beliefs ``h`` ``[N, belief]`` under normalised actions ``[N, k, A]``.
+
+        Returns ``(params [N, k, P], z [N, k, d])``: the family's parameters of every step's
+        prediction and the latents fed back (reparameterised samples, or means with
+        ``sample=False``). ``noise = (eps [N, k, d], u [N, k])`` makes the samples from given draws
+        (common random numbers, see :func:`~varjepa.worldmodel.sampling.sample_from_noise`; families
+        without such a transform sample independently)."""
+        params, zs = [], []
+        for j in range(actions.shape[1]):
+            a = actions[:, j]
+            p = self.head(torch.cat([h, a], -1))
+            dist = self.family(p)
+            z = None
+            if sample and self.family.stochastic and noise is not None:
+                z = sample_from_noise(dist, noise[0][:, j], noise[1][:, j])
+            if z is None:
+                z = dist.rsample() if sample and self.family.stochastic else self.family.mean(dist)
+            params.append(p)
+            zs.append(z)
+            if j + 1 < actions.shape[1]:
+                h = self.update_belief(h, z, a)
+        return torch.stack(params, 1), torch.stack(zs, 1)
+
+    def hazard_logits(self, z: Tensor) -> Tensor:
+        """Hazard logits ``[...]`` of latents ``[..., d]`` (zeros when the model has no hazard head)."""
+        if self.hazard_head is None:
+            return z.new_full(z.shape[:-1], -30.0)
+        return self.hazard_head(z).squeeze(-1)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batch: dict[str, Tensor]) -> JEPAOutputs:
+        """k-step rollouts from every start of the window after the burn-in; everything the ELBO reads.
+
+        ``pred`` has batch ``[B, S·k]`` (S starts × k horizons, horizon fastest) and ``target`` holds
+        the EMA latents of the observed futures ``[B, S·k, d]``."""
+        hp = self.hparams
+        obs, act = batch["obs"], self.normalize_action(batch["action"])
+        B, W, _ = obs.shape
+        k = hp.horizon
+        if hp.burn_in + k > W:
+            raise ValueError(
+                f"windows of {W} observations are shorter than burn_in + horizon = {hp.burn_in + k}"
+            )
+        z = self.encode(obs)  # [B, W, d]
+        zbar = self.encode(obs, target=True)
+        h = self.filter(z, act)
+        starts = torch.arange(hp.burn_in - 1, W - k, device=obs.device)  # t with t + k <= W - 1
+        S = len(starts)
+        offs = starts[:, None] + torch.arange(k, device=obs.device)  # [S, k]: a_t .. a_{t+k-1}
+        params, _ = self.imagine(h[:, starts].reshape(B * S, -1), act[:, offs].reshape(B * S, k, -1))
+        pred = self.family(params.reshape(B, S * k, -1))
+        target = zbar[:, offs + 1].reshape(B, S * k, -1)
+        extras: dict[str, Any] = {"context_tokens": z, "batch": batch, "step": self.global_step}
+        if self.decoder is not None:
+            extras.update(
+                recon_mean=self.decoder(z),
+                recon_log_std=bounded_std(self.decoder_log_std, 1e-3, 1e3).log(),
+                obs=self.normalize_obs(obs),
+            )
+        if self.hazard_head is not None:
+            extras.update(hazard_logits=self.hazard_logits(zbar), hazard=batch["hazard"])
+        return JEPAOutputs(pred=pred, family=self.family, target=target, extras=extras)
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        out = self(batch)
+        res = self.elbo(out, self.global_step, self.total_steps if stage == "train" else 1)
+        check_finite(res, self.global_step)
+        bs = batch["obs"].shape[0]
+        on_step = stage == "train"
+        kw = {"on_step": on_step, "on_epoch": not on_step, "batch_size": bs, "sync_dist": not on_step}
+        values = {f"{stage}/{k}": v for k, v in res.values.items()}
+        with torch.no_grad():
+            values[f"{stage}/pred_std"] = self.family.uncertainty(out.pred).mean()
+            values[f"{stage}/target_std"] = out.target.float().std(0).mean()
+            values[f"{stage}/rankme"] = effective_rank(out.extras["context_tokens"].flatten(0, 1))
+        self.log(f"{stage}/loss", res.loss, prog_bar=True, **kw)
+        self.log_dict(values, **kw)
+        if on_step:
+            self.log_dict(
+                {f"train/weight/{k}": w for k, w in res.weights.items()}, on_step=True, batch_size=bs
+            )
+            self.log(
+                "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bs
+            )
+            if not self._reported and res.methods:
+                rank_zero_info("ELBO terms: " + ", ".join(f"{k} ({m})" for k, m in res.methods.items()))
+                self._reported = True
+        return res.loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "val")
+        self._update_calibration(batch)
+        return loss
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "test")
+        self._update_calibration(batch)
+        return loss
+
+    @torch.no_grad()
+    def _update_calibration(self, batch: dict[str, Tensor]) -> None:
+        hp = self.hparams
+        ks = [int(k[1:]) for k in self.calibration]
+        t0 = hp.burn_in - 1
+        usable = [k for k in ks if t0 + k < batch["obs"].shape[1]]
+        if not usable:
+            return
+        seed = int(batch["index"][0])  # a fixed protocol: the same draws every epoch
+        samples, target = rollout_samples(self, batch, t0, max(usable), hp.calibration_samples, seed)
+        for k in usable:
+            self.calibration[f"k{k}"].update(samples[:, :, k - 1], target[:, k - 1])
+
+    def _log_calibration(self, stage: str) -> None:
+        for name, metric in self.calibration.items():
+            if metric.update_called:
+                cov = metric.compute()
+                self.log(f"{stage}/coverage50_{name}", cov[0])
+                self.log(f"{stage}/coverage90_{name}", cov[1])
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_calibration("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_calibration("test")

@@ -1,0 +1,177 @@
+"""Model-predictive planners in latent space: CEM and MPPI.
+
+Both score candidate action sequences by imagining ``particles`` rollouts of each with the world
+model (sampling the predictor, so the spread of outcomes is the model's predictive uncertainty),
+summing the per-step costs, and reducing the rollouts' costs with a risk measure
+(:mod:`~varjepa.worldmodel.risk`). They act in receding horizon: after each step the plan is shifted
+by one and warm-starts the next optimisation. Actions are in ``[-1, 1]`` units inside the planner
+and in environment units outside.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..registry import ConfigError, Registry
+from .risk import RISKS, RiskMeasure
+
+PLANNERS: Registry = Registry("planner", "plan.planners")
+
+
+class LatentPlanner:
+    """Base class: belief tracking, rollout scoring and the receding-horizon loop.
+
+    Args:
+        model: a trained :class:`~varjepa.worldmodel.LatentWorldModel` (put in eval mode).
+        cost: ``cost(model, z [..., H, d]) -> [..., H]`` (bound to the model beforehand).
+        risk: risk measure over rollouts (a :data:`RISKS` spec or object).
+        horizon: planning horizon H (steps).
+        candidates: action sequences scored per iteration (N).
+        particles: sampled rollouts per sequence (P).
+        iterations: optimisation iterations per step.
+        noise: standard deviation of the sampling distribution at the start of each step.
+        discount: per-step discount of the costs.
+        common_noise: score all candidates of a step on the same particle draws (common random
+            numbers; diagonal Gaussian and mixture families, others sample independently).
+    """
+
+    def __init__(
+        self,
+        model,
+        cost,
+        risk: Any = "expected",
+        horizon: int = 12,
+        candidates: int = 64,
+        particles: int = 16,
+        iterations: int = 3,
+        noise: float = 0.5,
+        discount: float = 1.0,
+        common_noise: bool = True,
+    ):
+        for name, v in (
+            ("horizon", horizon),
+            ("candidates", candidates),
+            ("particles", particles),
+            ("iterations", iterations),
+        ):
+            if v < 1:
+                raise ConfigError(f"plan.{name} = {v}; must be >= 1")
+        if noise <= 0 or not 0 < discount <= 1:
+            raise ConfigError(f"plan.noise = {noise} must be > 0 and plan.discount = {discount} in (0, 1]")
+        self.model = model.eval()
+        self.cost = cost
+        self.risk: RiskMeasure = RISKS.build(risk, "plan.objectives") if not callable(risk) else risk
+        self.horizon, self.candidates, self.particles = horizon, candidates, particles
+        self.iterations, self.noise, self.discount = iterations, noise, discount
+        self.common_noise = common_noise
+        A = model.action_dim
+        dev = model.obs_mean.device
+        self._weights = discount ** torch.arange(horizon, dtype=torch.float32, device=dev)
+        self.plan = torch.zeros(horizon, A, device=dev)
+        self.h = model.initial_belief(1)
+        self.prev = torch.zeros(1, A, device=dev)
+        self.step_times: list[float] = []
+
+    def reset(self) -> None:
+        """Start a new episode: empty belief, zero plan."""
+        self.plan.zero_()
+        self.h = self.model.initial_belief(1)
+        self.prev.zero_()
+
+    def draw_noise(self) -> None:
+        """Fresh common random numbers for the next optimisation: ``eps`` ``[P, H, d]``, ``u`` ``[P, H]``."""
+        P, H, d = self.particles, self.horizon, self.model.hparams.latent_dim
+        dev = self.plan.device
+        self.noise_draws = (torch.randn(P, H, d, device=dev), torch.rand(P, H, device=dev))
+
+    @torch.no_grad()
+    def score(self, h: Tensor, seqs: Tensor) -> Tensor:
+        """Risk of each candidate ``[N]`` for sequences ``[N, H, A]`` from belief ``h`` ``[1, belief]``.
+
+        With ``common_noise`` every candidate's particle ``p`` uses the same draws (set by
+        :meth:`draw_noise` once per planning step), so candidates differ only by their actions."""
+        N, H, A = seqs.shape
+        P = self.particles
+        hs = h.expand(N * P, -1)
+        acts = seqs.repeat_interleave(P, 0)
+        noise = None
+        if self.common_noise:
+            eps, u = self.noise_draws
+            noise = (eps[:, :H].repeat(N, 1, 1), u[:, :H].repeat(N, 1))
+        _, z = self.model.imagine(hs, acts, noise=noise)  # [N·P, H, d]
+        c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
+        return self.risk((c * self._weights).sum(-1))
+
+    def optimize(self, h: Tensor, init: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The action sequence ``[H, A]`` to follow from belief ``h``, warm-started at ``init``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Observe ``obs`` (raw), update the belief, plan, and return the first action (env units)."""
+        t0 = time.perf_counter()
+        m = self.model
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.plan.device)[None]
+        self.h = m.update_belief(self.h, m.encode(o), self.prev)
+        self.draw_noise()
+        seq = self.optimize(self.h, self.plan)
+        a = seq[0:1].clamp(-1, 1)
+        self.prev = a
+        self.plan = torch.cat([seq[1:], seq[-1:]], 0)  # receding horizon: shift, repeat the last
+        out = m.denormalize_action(a)[0].cpu().numpy()
+        self.step_times.append(time.perf_counter() - t0)
+        return out
+
+
+@PLANNERS.register("cem")
+class CEMPlanner(LatentPlanner):
+    """Cross-entropy method: sample sequences from a diagonal Gaussian (clipped to the action box),
+    keep the ``elites`` best by risk, refit the Gaussian to them; the last mean is the plan. The
+    current mean is always among the candidates."""
+
+    def __init__(self, model, cost, risk="expected", elites: int = 8, min_std: float = 0.05, **kw):
+        super().__init__(model, cost, risk, **kw)
+        if not 1 <= elites <= self.candidates:
+            raise ConfigError(f"plan.elites = {elites}; must be in [1, candidates = {self.candidates}]")
+        self.elites, self.min_std = elites, min_std
+
+    def optimize(self, h: Tensor, init: Tensor) -> Tensor:
+        mean, std = init.clone(), torch.full_like(init, self.noise)
+        for _ in range(self.iterations):
+            seqs = (mean + std * torch.randn(self.candidates, *mean.shape, device=mean.device)).clamp(-1, 1)
+            seqs[0] = mean
+            scores = self.score(h, seqs)
+            elite = seqs[scores.topk(self.elites, largest=False).indices]
+            mean, std = elite.mean(0), elite.std(0, correction=0).clamp_min(self.min_std)
+        return mean
+
+
+@PLANNERS.register("mppi")
+class MPPIPlanner(LatentPlanner):
+    """Model-predictive path integral control: perturb the nominal sequence with Gaussian noise,
+    weight each candidate by ``softmax(−(risk − min) / (temperature · std(risk)))`` (a temperature
+    relative to the spread of the scores, so it needs no tuning to the cost's scale) and move the
+    nominal to the weighted mean. The nominal itself is always among the candidates."""
+
+    def __init__(self, model, cost, risk="expected", temperature: float = 0.5, **kw):
+        super().__init__(model, cost, risk, **kw)
+        if temperature <= 0:
+            raise ConfigError(f"plan.temperature = {temperature}; must be > 0")
+        self.temperature = temperature
+
+    def optimize(self, h: Tensor, init: Tensor) -> Tensor:
+        nominal = init.clone()
+        for _ in range(self.iterations):
+            seqs = (
+                nominal + self.noise * torch.randn(self.candidates, *nominal.shape, device=nominal.device)
+            ).clamp(-1, 1)
+            seqs[0] = nominal
+            s = self.score(h, seqs)
+            w = torch.softmax(-(s - s.min()) / (self.temperature * s.std().clamp_min(1e-6)), 0)
+            nominal = (w[:, None, None] * seqs).sum(0)
+        return nominal

@@ -1,0 +1,190 @@
+"""``varjepa fit`` and ``varjepa plan`` end to end on the world-model config (tiny sizes), and their
+errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from varjepa.cli import main, run
+from varjepa.worldmodel.plan import EpisodeResult, PlanSettings, summarize, table_markdown
+from varjepa.worldmodel.plan import main as plan_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs/worldmodel/windy_point.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _fit_args(tmp: Path, steps: int = 20) -> list[str]:
+    return [
+        "fit",
+        f"--config={CONFIG}",
+        "--model.init_args.latent_dim=4",
+        "--model.init_args.hidden=16",
+        "--model.init_args.belief_dim=16",
+        "--model.init_args.calibration_samples=19",
+        "--data.init_args.episodes=12",
+        "--data.init_args.steps=20",
+        f"--data.init_args.cache_dir={tmp / 'cache'}",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.val_check_interval={steps}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=5",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp / 'runs'}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny world model fitted through the CLI: (tmp dir, checkpoint path, log dir)."""
+    tmp = tmp_path_factory.mktemp("wm")
+    torch.set_num_threads(1)
+    cli = run(_fit_args(tmp))
+    assert cli.trainer.global_step == 20
+    log_dir = Path(cli.trainer.logger.log_dir)
+    return tmp, log_dir / "checkpoints" / "last.ckpt", log_dir
+
+
+@pytest.mark.slow
+def test_fit_logs_the_elbo_terms_and_k_step_coverage(trained):
+    _, ckpt, log_dir = trained
+    assert ckpt.is_file()
+    ea = EventAccumulator(str(log_dir))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    for tag in (
+        "train/loss",
+        "train/nll",
+        "train/rec",
+        "train/hazard",
+        "train/pred_std",
+        "train/rankme",
+        "train/ema_momentum",
+    ):
+        assert tag in tags, tag
+    for k in (1, 5, 10):
+        v = ea.Scalars(f"val/coverage90_k{k}")[-1].value
+        assert 0.0 <= v <= 1.0
+    assert "plan" in (log_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_plan_writes_table_pictures_and_events(trained, capsys):
+    tmp, ckpt, _ = trained
+    out = tmp / "plan"
+    status = plan_main(
+        [
+            f"--config={CONFIG}",
+            f"--ckpt_path={ckpt}",
+            "--plan.episodes=2",
+            "--plan.planners=[cem, mppi]",
+            "--plan.objectives=[expected, {name: cvar, alpha: 0.25}]",
+            "--plan.horizon=3",
+            "--plan.candidates=8",
+            "--plan.particles=4",
+            "--plan.iterations=1",
+            "--plan.elites=2",
+            f"--plan.out={out}",
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| cem | expected |" in printed and "| mppi | cvar0.25 |" in printed
+    data = json.loads((out / "plan.json").read_text())
+    assert [(r["planner"], r["objective"]) for r in data["rows"]] == [
+        ("cem", "expected"),
+        ("cem", "cvar0.25"),
+        ("mppi", "expected"),
+        ("mppi", "cvar0.25"),
+    ]
+    for r in data["rows"]:
+        eps = r["episodes_detail"]
+        assert [e["seed"] for e in eps] == [1000, 1001]
+        # the summary is recomputed from the episodes
+        assert r["success"] == pytest.approx(np.mean([e["success"] for e in eps]))
+        assert r["return"] == pytest.approx(np.mean([e["ret"] for e in eps]))
+        assert r["plan_ms"] > 0
+        # every episode starts at the environment's start and is a connected path
+        pos = np.array(eps[0]["positions"])
+        assert np.linalg.norm(pos[0] - [-1.0, 0.0]) < 0.1 and len(pos) == eps[0]["steps"] + 1
+    assert (out / "trajectories_cem_expected.png").stat().st_size > 1000
+    ea = EventAccumulator(str(out))
+    ea.Reload()
+    assert "plan/trajectories/cem_expected" in ea.Tags()["images"]
+    assert "plan/cem_cvar0.25/hazard" in ea.Tags()["scalars"]
+
+
+def test_summary_and_table_are_computed_from_the_episodes():
+    eps = [
+        EpisodeResult(0, -20.0, True, False, 20, 10.0),
+        EpisodeResult(1, -70.0, False, True, 20, 30.0),
+        EpisodeResult(2, -60.0, False, False, 60, 20.0),
+        EpisodeResult(3, -18.0, True, False, 18, 20.0),
+    ]
+    s = summarize(eps, worst_share=0.25)
+    assert s == {
+        "episodes": 4,
+        "success": 0.5,
+        "hazard": 0.25,
+        "return": -42.0,
+        "worst_return": -70.0,
+        "steps": 29.5,
+        "plan_ms": 20.0,
+    }
+    assert [e.outcome for e in eps] == ["success", "hazard", "timeout", "success"]
+    md = table_markdown([{"planner": "cem", "objective": "expected", **s}], 0.25)
+    assert (
+        "| cem | expected | 0.50 | 0.25 | -42.0 | -70.0 | 29.5 | 20.0 |" in md and "worst 25 % return" in md
+    )
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--plan.planners=[astar]"], "unknown planner 'astar'"),
+        (["--plan.objectives=[var]"], "unknown risk measure 'var'"),
+        (["--plan.episodes=0"], "plan.episodes"),
+        (["--plan.cost={name: teleport}"], "unknown planning cost 'teleport'"),
+    ],
+)
+def test_plan_bad_settings_fail_with_one_line(args, words, trained, capsys, tmp_path):
+    _, ckpt, _ = trained
+    status = plan_main([f"--config={CONFIG}", f"--ckpt_path={ckpt}", f"--plan.out={tmp_path / 'p'}", *args])
+    err = capsys.readouterr().err
+    assert status == 2 and words in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_plan_refuses_a_checkpoint_that_is_not_a_world_model(tmp_path, capsys):
+    bad = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"encoder": {}}}, bad)
+    assert plan_main([f"--config={CONFIG}", f"--ckpt_path={bad}"]) == 2
+    assert "not a LatentWorldModel checkpoint" in capsys.readouterr().err
+    assert plan_main([f"--config={CONFIG}", f"--ckpt_path={tmp_path / 'missing.ckpt'}"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_fit_rejects_a_window_shorter_than_burn_in_plus_horizon(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*_fit_args(tmp_path), "--data.init_args.window=6"])
+    assert e.value.code == 2
+    assert "data.window = 6 but model.burn_in + model.horizon = 9" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plan_settings_validate_in_python():
+    with pytest.raises(Exception, match="worst_share"):
+        PlanSettings(worst_share=0)

@@ -1,0 +1,346 @@
+"""LatentWorldModel, k-step calibration metric, risk measures, common random numbers and the CEM/MPPI
+planners (on analytic toy models whose optimal actions are known)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from varjepa.distributions import POSTERIORS
+from varjepa.registry import ConfigError
+from varjepa.worldmodel import (
+    CEMPlanner,
+    CVaR,
+    Expected,
+    LatentWorldModel,
+    MeanStd,
+    MPPIPlanner,
+    RankCoverage,
+    TrajectoryDataModule,
+    k_step_calibration,
+)
+from varjepa.worldmodel.data import windows_of
+from varjepa.worldmodel.evaluate import expected_rank_coverage, rank_interval
+from varjepa.worldmodel.plan import load_world_model
+from varjepa.worldmodel.sampling import sample_from_noise
+
+NO_TERM = {"terminate_on_hazard": False, "terminate_on_goal": False}
+SPACES = {
+    "obs_dim": 2,
+    "action_dim": 2,
+    "obs_mean": [0.1, -0.2],
+    "obs_std": [0.5, 2.0],
+    "action_low": [-1.0, -2.0],
+    "action_high": [1.0, 2.0],
+    "env": {"id": "varjepa/WindyPointMass-v0", "kwargs": {}, "action_noise": 0.0, "max_episode_steps": None},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny GRU/MLP steps: one thread is fastest, and immune to other load on the machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny(**kw) -> LatentWorldModel:
+    args = {"latent_dim": 4, "hidden": 16, "belief_dim": 8, "horizon": 3, "burn_in": 2, "spaces": SPACES}
+    return LatentWorldModel(**{**args, **kw})
+
+
+# ------------------------------------------------------------------------ metrics
+def test_rank_interval_is_exact_for_199_samples():
+    assert rank_interval(199, 0.9) == (10, 189)
+    assert expected_rank_coverage(199, 0.9) == pytest.approx(0.9)
+    assert expected_rank_coverage(199, 0.5) == pytest.approx(0.5)
+
+
+def test_rank_coverage_of_calibrated_and_overconfident_predictions():
+    g = torch.Generator().manual_seed(0)
+    n, m = 199, 20000
+    target = torch.randn(m, generator=g)
+    calibrated = torch.randn(n, m, generator=g)
+    cov = RankCoverage((0.5, 0.9))
+    cov.update(calibrated, target)
+    # binomial std with 20000 targets: 0.0035 / 0.0021
+    np.testing.assert_allclose(cov.compute().numpy(), [0.5, 0.9], atol=0.015)
+    # predictions half as wide as the truth: coverage 2 Φ(z_p / 2) − 1 (independent formula)
+    narrow = RankCoverage((0.5, 0.9))
+    narrow.update(0.5 * torch.randn(n, m, generator=g), target)
+    expect = [2 * stats.norm.cdf(0.5 * stats.norm.ppf((1 + p) / 2)) - 1 for p in (0.5, 0.9)]
+    np.testing.assert_allclose(narrow.compute().numpy(), expect, atol=0.02)
+    with pytest.raises(ValueError, match="do not fit"):
+        cov.update(calibrated, target[:5])
+
+
+# ---------------------------------------------------------------------- risk measures
+def test_risk_measures_match_numpy():
+    costs = torch.tensor([[1.0, 5.0, 2.0, 9.0, 3.0], [4.0, 4.0, 4.0, 4.0, 4.0]])
+    np.testing.assert_allclose(Expected()(costs).numpy(), [4.0, 4.0])
+    # worst ceil(0.4 * 5) = 2 costs: (9 + 5) / 2
+    np.testing.assert_allclose(CVaR(alpha=0.4)(costs).numpy(), [7.0, 4.0])
+    np.testing.assert_allclose(CVaR(alpha=1.0)(costs).numpy(), [4.0, 4.0])
+    np.testing.assert_allclose(CVaR(alpha=0.01)(costs).numpy(), [9.0, 4.0])
+    np.testing.assert_allclose(
+        MeanStd(lam=2.0)(costs).numpy(), [4.0 + 2 * np.std([1, 5, 2, 9, 3]), 4.0], rtol=1e-6
+    )
+    with pytest.raises(ConfigError, match="alpha"):
+        CVaR(alpha=0.0)
+    with pytest.raises(ConfigError, match="lam"):
+        MeanStd(lam=-1)
+
+
+# ------------------------------------------------------------- common random numbers
+def test_sample_from_noise_diag_gaussian_is_the_reparameterisation():
+    fam = POSTERIORS.build("diag_gaussian", dim=3)
+    d = fam(torch.randn(5, fam.num_params))
+    eps = torch.randn(5, 3)
+    z = sample_from_noise(d, eps, torch.rand(5))
+    torch.testing.assert_close(z, d.base_dist.loc + d.base_dist.scale * eps)
+
+
+def test_sample_from_noise_mixture_has_the_mixture_distribution():
+    fam = POSTERIORS.build({"name": "mixture", "components": 3}, dim=2)
+    params = torch.randn(1, fam.num_params).expand(40000, -1)
+    d = fam(params)
+    g = torch.Generator().manual_seed(1)
+    z = sample_from_noise(d, torch.randn(40000, 2, generator=g), torch.rand(40000, generator=g))
+    # component frequencies: which component is nearest in the standardised sense is not needed;
+    # compare moments with the closed form of the mixture
+    mean, var = fam.mean(d)[0], fam.marginal_variance(d)[0]
+    torch.testing.assert_close(z.mean(0), mean, atol=4 * float(var.max().sqrt()) / 200, rtol=0)
+    torch.testing.assert_close(z.var(0), var, rtol=0.05, atol=1e-3)
+    # u selects components by the weights' CDF: u below the first weight gives component 0
+    w0 = torch.softmax(d.component_logits[0], -1)[0]
+    z0 = sample_from_noise(fam(params[:1]), torch.zeros(1, 2), w0.reshape(1) * 0.5)
+    torch.testing.assert_close(z0[0], d.locs[0, 0])
+    flow = POSTERIORS.build("flow", dim=2)
+    assert sample_from_noise(flow(torch.zeros(1, flow.num_params)), torch.zeros(1, 2), torch.zeros(1)) is None
+
+
+# ------------------------------------------------------------------------- the model
+def test_forward_rolls_out_every_start_and_aligns_targets():
+    torch.manual_seed(0)
+    m = _tiny()
+    B, W = 3, 8
+    batch = {
+        "obs": torch.randn(B, W, 2),
+        "action": torch.rand(B, W - 1, 2) * 2 - 1,
+        "hazard": torch.zeros(B, W),
+    }
+    out = m(batch)
+    S, k = W - 3 - 1 + 1 - 1, 3  # starts t = burn_in-1 .. W-1-k  -> 1..4
+    assert S == 4
+    assert out.pred.batch_shape == (B, S * k) and out.target.shape == (B, S * k, 4)
+    zbar = m.encode(batch["obs"], target=True)
+    for s_i, t in enumerate(range(1, 5)):
+        for j in range(k):
+            torch.testing.assert_close(out.target[:, s_i * k + j], zbar[:, t + j + 1])
+    # the first horizon of start t is the predictor at belief h_t and action a_t
+    z = m.encode(batch["obs"])
+    h = m.filter(z, m.normalize_action(batch["action"]))
+    d = m.predict(h[:, 2], m.normalize_action(batch["action"])[:, 2])
+    torch.testing.assert_close(m.family.mean(out.pred)[:, 1 * k], m.family.mean(d))
+    # the loss is finite and every term is present
+    res = m.elbo(out, 0, 10)
+    assert set(res.values) == {"nll", "kl", "rec", "hazard"} and torch.isfinite(res.loss)
+
+
+def test_normalisation_uses_the_spaces():
+    m = _tiny()
+    torch.testing.assert_close(m.normalize_obs(torch.tensor([0.6, 1.8])), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(m.normalize_action(torch.tensor([1.0, -2.0])), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(m.denormalize_action(torch.tensor([0.5, 0.5])), torch.tensor([0.5, 1.0]))
+
+
+def test_imagine_with_shared_noise_gives_identical_particles_for_identical_actions():
+    m = _tiny()
+    h = torch.randn(1, 8).expand(6, -1)
+    acts = torch.rand(1, 5, 2).expand(6, -1, -1)
+    eps, u = torch.randn(1, 5, 4).expand(6, -1, -1), torch.rand(1, 5).expand(6, -1)
+    _, z = m.imagine(h, acts, noise=(eps, u))
+    torch.testing.assert_close(z, z[:1].expand_as(z))
+    _, z_ind = m.imagine(h, acts)
+    assert not torch.allclose(z_ind[0], z_ind[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"horizon": 0}, "horizon"),
+        ({"hazard_weight": -1.0}, "hazard_weight"),
+        ({"objective": "target_posterior"}, "target posterior"),
+        ({"posterior": "gaussian_mixture"}, "unknown posterior family"),
+        ({"calibration_horizons": (0,)}, "calibration"),
+        ({"spaces": {"obs_dim": 2}}, "spaces"),
+    ],
+)
+def test_bad_model_options(kwargs, words):
+    with pytest.raises(ConfigError, match=words):
+        _tiny(**kwargs)
+
+
+@pytest.mark.slow
+def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path):
+    L.seed_everything(0)
+    dm = TrajectoryDataModule(
+        episodes=40,
+        steps=30,
+        window=10,
+        policy="waypoint",
+        collect_overrides=NO_TERM,
+        cache_dir=str(tmp_path),
+        batch_size=32,
+    )
+    m = LatentWorldModel(
+        latent_dim=8, hidden=32, belief_dim=32, horizon=3, burn_in=3, calibration_horizons=(1, 3), lr=3e-3
+    )
+    dm.setup("fit")
+    m.check_data(dm)
+    test = windows_of(dm.rollouts, dm.split_episodes["test"].tolist(), 10)
+    trainer = L.Trainer(
+        max_steps=300,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=2,
+        val_check_interval=300,
+        check_val_every_n_epoch=None,
+    )
+    trainer.fit(m, dm)
+    m.eval()
+    with torch.no_grad():
+        before = LatentWorldModel(
+            latent_dim=8, hidden=32, belief_dim=32, horizon=3, burn_in=3, spaces=m.hparams.spaces
+        )
+        before.target_encoder.load_state_dict(m.target_encoder.state_dict())
+        before.encoder.load_state_dict(m.encoder.state_dict())
+        before.eval()
+        cal = k_step_calibration(m, test, horizons=(1, 3), n=99)
+        cal0 = k_step_calibration(before, test, horizons=(1, 3), n=99)
+    # a trained predictor beats an untrained one (same encoders) by a wide margin at one step
+    assert cal0["rmse_k1"] > 0.8 and cal["rmse_k1"] < 0.35 * cal0["rmse_k1"]
+    assert 0.8 < cal["coverage90_k1"] <= 1.0
+    assert "val/coverage90_k1" in trainer.callback_metrics and "val/coverage90_k3" in trainer.callback_metrics
+    path = tmp_path / "wm.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_world_model(str(path))
+    torch.testing.assert_close(
+        k_step_calibration(loaded, test, horizons=(1,), n=19),
+        k_step_calibration(m, test, horizons=(1,), n=19),
+    )
+
+
+# -------------------------------------------------------------------------- planners
+class ToyModel(torch.nn.Module):
+    """A stand-in world model with known optima. Latent ``[x, disaster]``: ``x`` moves by the action
+    (``x' = x + a``); with common noise ``u``, a particle suffers a disaster with probability
+    ``risk·max(a, 0)`` per step."""
+
+    def __init__(self, risk: float = 0.0):
+        super().__init__()
+        self.register_buffer("obs_mean", torch.zeros(1))
+        self.action_dim, self.obs_dim, self.risk = 1, 1, risk
+        self.hparams = SimpleNamespace(latent_dim=2, belief_dim=2)
+        self.hazard_head = None
+
+    def initial_belief(self, n):
+        return torch.zeros(n, 2)
+
+    def encode(self, obs, target=False):
+        return torch.cat([obs, torch.zeros_like(obs)], -1)
+
+    def update_belief(self, h, z, prev_action):
+        return z
+
+    def denormalize_action(self, a):
+        return a
+
+    def imagine(self, h, actions, sample=True, noise=None):
+        x, zs = h[:, 0], []
+        u = noise[1] if noise is not None else torch.rand(actions.shape[:2])
+        for j in range(actions.shape[1]):
+            a = actions[:, j, 0]
+            x = x + a
+            disaster = (u[:, j] < self.risk * a.clamp_min(0)).float()
+            zs.append(torch.stack([x, disaster], -1))
+        return None, torch.stack(zs, 1)
+
+
+def _reach_cost(model, z):
+    """Distance of x to the goal 3, plus a disaster cost."""
+    return (z[..., 0] - 3.0).abs() + 20.0 * z[..., 1]
+
+
+@pytest.mark.parametrize("planner", [CEMPlanner, MPPIPlanner])
+def test_planners_steer_a_deterministic_model_to_the_goal(planner):
+    torch.manual_seed(0)
+    p = planner(ToyModel(), _reach_cost, "expected", horizon=4, candidates=64, particles=2, iterations=6)
+    x = 0.0
+    for _ in range(5):
+        a = float(p.act(np.array([x]))[0])
+        x += a
+    assert abs(x - 3.0) < 0.3
+    assert len(p.step_times) == 5 and all(t > 0 for t in p.step_times)
+
+
+@pytest.mark.parametrize("planner", [CEMPlanner, MPPIPlanner])
+def test_cvar_avoids_the_tail_risk_that_the_expected_cost_accepts(planner):
+    # moving right by a costs 20·0.1·a of expected disaster and saves a of distance: risk-neutral
+    # moves (expected gain 1 − 2·0.1·20·... per step < 0 only in the tail); CVaR at 0.1 sees the
+    # disasters of the worst particles and stays
+    def cost(model, z):
+        return (z[..., 0] - 3.0).abs() + 4.0 * z[..., 1]
+
+    results = {}
+    for risk in ("expected", {"name": "cvar", "alpha": 0.1}):
+        torch.manual_seed(0)
+        p = planner(ToyModel(risk=0.2), cost, risk, horizon=1, candidates=64, particles=40, iterations=5)
+        results[str(risk)] = float(p.act(np.array([0.0]))[0])
+    # expected: cost(a) = (3 − a) + 4·0.2·a = 3 − 0.2·a  → a = 1 (the boundary)
+    assert results["expected"] > 0.7
+    # CVaR_0.1 over 40 particles (4 worst): every disaster-prone particle is in the tail once
+    # P(disaster) = 0.2·a ≥ 0.1, i.e. cost 3 − a + 4·min(1, 2a) → best a = 0
+    assert results[str({"name": "cvar", "alpha": 0.1})] < 0.2
+
+
+def test_planner_options_are_checked():
+    with pytest.raises(ConfigError, match="horizon"):
+        CEMPlanner(ToyModel(), _reach_cost, horizon=0)
+    with pytest.raises(ConfigError, match="elites"):
+        CEMPlanner(ToyModel(), _reach_cost, candidates=8, elites=9)
+    with pytest.raises(ConfigError, match="temperature"):
+        MPPIPlanner(ToyModel(), _reach_cost, temperature=0)
+    with pytest.raises(ConfigError, match="unknown risk measure 'var'"):
+        CEMPlanner(ToyModel(), _reach_cost, risk="var")
+
+
+def test_goal_hazard_cost_embeds_the_goal_and_reads_the_hazard_head():
+    from varjepa.worldmodel import GoalHazardCost, make_env
+
+    m = _tiny().eval()
+    env = make_env("varjepa/WindyPointMass-v0")
+    c = GoalHazardCost(distance_weight=2.0, hazard_weight=3.0)
+    c.bind(m, env)
+    torch.testing.assert_close(c.z_goal, m.encode(torch.tensor([1.0, 0.0]), target=True))
+    z = torch.randn(5, 7, 4)  # 5 rollouts of 7 steps
+    p = torch.sigmoid(m.hazard_logits(z)).detach().numpy()
+    survive = np.cumprod(1 - p, axis=-1)
+    hit = 1 - survive
+    step_hazard = np.diff(hit, axis=-1, prepend=0.0)  # P(first entry at t)
+    expect = 2.0 * (z - c.z_goal).norm(dim=-1).detach().numpy() + 3.0 * step_hazard
+    np.testing.assert_allclose(c(m, z).detach().numpy(), expect, rtol=1e-5, atol=1e-6)
+    # the hazard part sums to the probability of ever entering (independent per-step events)
+    np.testing.assert_allclose(step_hazard.sum(-1), 1 - np.prod(1 - p, axis=-1), rtol=1e-5)
+    with pytest.raises(ConfigError, match="goal_obs"):
+        GoalHazardCost(goal_obs=[1.0, 0.0, 0.0]).bind(m, env)
+    assert math.isfinite(float(c(m, z).sum().detach()))
