@@ -30,8 +30,8 @@ from .masking import MultiBlockMasking
 from .objectives import ELBO, OBJECTIVES, JEPAOutputs, check_finite
 from .objectives.elbo import NonFiniteLossError
 from .objectives.regularizers import REGULARIZERS
-from .registry import ConfigError, spec_name
 from .optim import adamw_warmup_cosine
+from .registry import ConfigError, spec_name
 from .schedules import build_schedule
 
 DEFAULT_BETA = {"name": "linear_warmup", "value": 1.0, "warmup": 0.2}

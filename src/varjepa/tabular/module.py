@@ -29,8 +29,8 @@ from ..eval.collapse import effective_rank
 from ..objectives import ELBO, OBJECTIVES, check_finite
 from ..objectives.coupled import CoupledOutputs, LatentKL, coupled, has_coupled_terms
 from ..objectives.elbo import NonFiniteLossError
-from ..registry import ConfigError, spec_name
 from ..optim import adamw_warmup_cosine
+from ..registry import ConfigError, spec_name
 from .architecture import ARCHITECTURES
 from .masking import FeatureMasking
 
