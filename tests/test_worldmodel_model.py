@@ -331,16 +331,30 @@ def test_goal_hazard_cost_embeds_the_goal_and_reads_the_hazard_head():
     env = make_env("varjepa/WindyPointMass-v0")
     c = GoalHazardCost(distance_weight=2.0, hazard_weight=3.0)
     c.bind(m, env)
-    torch.testing.assert_close(c.z_goal, m.encode(torch.tensor([1.0, 0.0]), target=True))
+    torch.testing.assert_close(c.z_goal, m.encode(torch.tensor([1.4, 0.0]), target=True))
     z = torch.randn(5, 7, 4)  # 5 rollouts of 7 steps
     p = torch.sigmoid(m.hazard_logits(z)).detach().numpy()
-    survive = np.cumprod(1 - p, axis=-1)
-    hit = 1 - survive
-    step_hazard = np.diff(hit, axis=-1, prepend=0.0)  # P(first entry at t)
+    level = np.maximum.accumulate(p, axis=-1)  # the worst hazard reached so far
+    step_hazard = np.diff(level, axis=-1, prepend=0.0)
     expect = 2.0 * (z - c.z_goal).norm(dim=-1).detach().numpy() + 3.0 * step_hazard
     np.testing.assert_allclose(c(m, z).detach().numpy(), expect, rtol=1e-5, atol=1e-6)
-    # the hazard part sums to the probability of ever entering (independent per-step events)
-    np.testing.assert_allclose(step_hazard.sum(-1), 1 - np.prod(1 - p, axis=-1), rtol=1e-5)
+    # a rollout pays once, for the most hazardous state it reaches
+    np.testing.assert_allclose(step_hazard.sum(-1), p.max(-1), rtol=1e-5)
     with pytest.raises(ConfigError, match="goal_obs"):
         GoalHazardCost(goal_obs=[1.0, 0.0, 0.0]).bind(m, env)
     assert math.isfinite(float(c(m, z).sum().detach()))
+
+
+def test_refit_hazard_head_learns_a_sharp_boundary():
+    torch.manual_seed(0)
+    m = _tiny(latent_dim=16, hidden=64).eval()  # random encoder: wide enough to keep the position
+    obs = torch.rand(4000, 2) * 4 - 2
+    hazard = (obs[:, 1] < -0.5).float()  # a half-plane in raw units
+    loss = m.refit_hazard_head(obs, hazard, steps=800)
+    with torch.no_grad():
+        p = torch.sigmoid(m.hazard_logits(m.encode(obs, target=True)))
+    far = (obs[:, 1] + 0.5).abs() > 0.3
+    assert loss < 0.2
+    assert ((p[far] > 0.5).float() == hazard[far]).float().mean() > 0.97
+    with pytest.raises(ConfigError, match="hazard_refit_steps"):
+        _tiny(hazard_refit_steps=-1)

@@ -12,6 +12,7 @@ from .callbacks import (
     PredictionWriter,
     SigtermCheckpoint,
     StepTimer,
+    TorchThreads,
     UncertaintyMetrics,
 )
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, JEPADataModule
@@ -63,6 +64,7 @@ __all__ = [
     "TabularDataError",
     "TabularDataModule",
     "TabularProbe",
+    "TorchThreads",
     "TrajectoryDataModule",
     "UncertaintyMetrics",
     "VarJEPA",

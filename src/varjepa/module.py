@@ -27,9 +27,8 @@ from .distributions import LIKELIHOODS, POSTERIORS, PRIORS, PosteriorFamily
 from .encoders import EncoderConfig, PredictorConfig, TransformerPredictor, ViTEncoder, gather_tokens
 from .eval.collapse import effective_rank
 from .masking import MultiBlockMasking
-from .objectives import ELBO, OBJECTIVES, JEPAOutputs, check_finite
+from .objectives import ELBO, JEPAOutputs, build_terms, check_finite
 from .objectives.elbo import NonFiniteLossError
-from .objectives.regularizers import REGULARIZERS
 from .optim import adamw_warmup_cosine
 from .registry import ConfigError, spec_name
 from .schedules import build_schedule
@@ -146,18 +145,7 @@ class VarJEPA(L.LightningModule):
 
         # objective
         self.beta = build_schedule(beta, "model.beta")
-        builder, opts = OBJECTIVES.resolve(objective, "model.objective")
-        if builder is None:
-            raise ConfigError("model.objective: give a preset name, {name, **options} or a class_path")
-        try:
-            terms = builder(prior=prior_mod, likelihood=lik_mod, beta=self.beta, **opts)
-        except TypeError as e:
-            raise ConfigError(f"model.objective = {objective!r}: {e}") from e
-        for i, spec in enumerate(regularizers or []):
-            builder_r, ropts = REGULARIZERS.resolve(spec, f"model.regularizers[{i}]")
-            if "weight" in ropts:
-                ropts["weight"] = build_schedule(ropts["weight"], f"model.regularizers[{i}].weight")
-            terms.append(builder_r(**ropts) if builder_r is not None else spec)
+        terms = build_terms(objective, prior_mod, lik_mod, self.beta, regularizers)
         self.elbo = ELBO(terms)
         self.target_family: PosteriorFamily | None = None
         self.target_head: nn.Module | None = None

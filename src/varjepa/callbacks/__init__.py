@@ -6,6 +6,7 @@ from .monitors import CollapseMonitor, CorruptionMonitor, HParamsSummary, Uncert
 from .online import OnlineKNN, OnlineLinearProbe
 from .probe import OfflineProbe
 from .sigterm import SigtermCheckpoint
+from .threads import TorchThreads
 from .timing import StepTimer
 from .writer import PredictionWriter
 
@@ -21,6 +22,7 @@ __all__ = [
     "PredictionWriter",
     "SigtermCheckpoint",
     "StepTimer",
+    "TorchThreads",
     "UncertaintyMetrics",
     "ema_update",
 ]

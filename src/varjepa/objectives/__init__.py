@@ -5,6 +5,7 @@ from .elbo import ELBO, ELBOResult, NonFiniteLossError, check_finite
 from .outputs import JEPAOutputs
 from .presets import (
     OBJECTIVES,
+    build_terms,
     heteroscedastic,
     jepa,
     predictive,
@@ -26,6 +27,7 @@ __all__ = [
     "Regression",
     "TargetNLL",
     "Term",
+    "build_terms",
     "check_finite",
     "heteroscedastic",
     "jepa",

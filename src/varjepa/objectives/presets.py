@@ -106,3 +106,32 @@ def sigreg_jepa(
     correct under DDP). Use with a ``dirac`` posterior and β = 0."""
     reg = SIGReg(weight=build_schedule(weight, "model.objective.weight"), num_slices=num_slices)
     return [Regression(loss, loss=loss), reg]
+
+
+def build_terms(
+    objective,
+    prior: nn.Module,
+    likelihood: nn.Module,
+    beta: Schedule,
+    regularizers: list | None = None,
+) -> list[Term]:
+    """The terms of an objective preset (name, ``{name, **options}`` or class_path, from
+    :data:`OBJECTIVES`) followed by the anti-collapse ``regularizers`` (from
+    :data:`~varjepa.objectives.regularizers.REGULARIZERS`; a ``weight`` may be a schedule).
+    ConfigErrors name ``model.objective`` / ``model.regularizers[i]``."""
+    from ..registry import ConfigError
+    from .regularizers import REGULARIZERS
+
+    builder, opts = OBJECTIVES.resolve(objective, "model.objective")
+    if builder is None:
+        raise ConfigError("model.objective: give a preset name, {name, **options} or a class_path")
+    try:
+        terms = builder(prior=prior, likelihood=likelihood, beta=beta, **opts)
+    except TypeError as e:
+        raise ConfigError(f"model.objective = {objective!r}: {e}") from e
+    for i, spec in enumerate(regularizers or []):
+        builder_r, ropts = REGULARIZERS.resolve(spec, f"model.regularizers[{i}]")
+        if "weight" in ropts:
+            ropts["weight"] = build_schedule(ropts["weight"], f"model.regularizers[{i}].weight")
+        terms.append(builder_r(**ropts) if builder_r is not None else spec)
+    return terms

@@ -23,15 +23,18 @@ COSTS: Registry = Registry("planning cost", "plan.cost")
 
 @COSTS.register("goal_hazard")
 class GoalHazardCost:
-    """Distance to the goal's latent plus the probability of having entered the hazard.
+    """Distance to the goal's latent plus the rollout's hazard.
 
-    Per step ``t`` of a rollout: ``distance_weight·‖z_t − z_goal‖ + hazard_weight·(P_t − P_{t−1})``
-    with ``P_t = 1 − Π_{s≤t} (1 − p_s)`` the probability that the rollout has entered the hazard by
-    step ``t`` and ``p_s = P(hazard | z_s)`` from the model's hazard head. The hazard part sums to
-    ``hazard_weight·P_H`` over the horizon: a rollout pays for entering the hazard once, as an
-    episode that ends there does (a per-step sum would charge it for every imagined step inside).
-    ``z_goal`` is the target encoder's latent of ``goal_obs`` (default: the environment's ``goal``
-    attribute, e.g. WindyPointMass's goal position). Models without a hazard head pay distance only.
+    Per step ``t`` of a rollout: ``distance_weight·‖z_t − z_goal‖ + hazard_weight·(M_t − M_{t−1})``
+    with ``M_t = max_{s≤t} p_s`` and ``p_s = P(hazard | z_s)`` from the model's hazard head. The
+    hazard part sums to ``hazard_weight·max_t p_t`` over the horizon: a rollout pays once for the
+    most hazardous state it reaches, as an episode that ends in the hazard does (a per-step sum
+    would charge it for every imagined step inside, and a product of per-step survival
+    probabilities would compound the head's small false alarms along correlated steps into a
+    large one). So each rollout's hazard is close to 0 or 1 — the spread over rollouts that a risk
+    measure such as CVaR reads. ``z_goal`` is the target encoder's latent of ``goal_obs`` (default:
+    the environment's ``goal`` attribute, e.g. WindyPointMass's goal position). Models without a
+    hazard head pay distance only.
 
     Args:
         goal_obs: the observation to reach (raw units).
@@ -64,18 +67,19 @@ class GoalHazardCost:
             )
         self.z_goal = model.encode(g, target=True)
 
-    def hit_probability(self, model, z: Tensor) -> Tensor:
-        """``P_t`` ``[..., H]``: probability that the rollout has entered the hazard by each step."""
-        p = torch.sigmoid(model.hazard_logits(z))
-        return 1 - torch.cumprod(1 - p, dim=-1)
+    def hazard_level(self, model, z: Tensor) -> Tensor:
+        """``M_t`` ``[..., H]``: the largest hazard probability a rollout has reached by each step."""
+        return torch.cummax(torch.sigmoid(model.hazard_logits(z)), dim=-1).values
 
     def __call__(self, model, z: Tensor) -> Tensor:
         if self.z_goal is None:
             raise RuntimeError("GoalHazardCost: call bind(model, env) before planning")
         cost = self.distance_weight * (z - self.z_goal).norm(dim=-1)
         if self.hazard_weight > 0 and model.hazard_head is not None:
-            hit = self.hit_probability(model, z)
-            cost = cost + self.hazard_weight * torch.diff(hit, dim=-1, prepend=torch.zeros_like(hit[..., :1]))
+            level = self.hazard_level(model, z)
+            cost = cost + self.hazard_weight * torch.diff(
+                level, dim=-1, prepend=torch.zeros_like(level[..., :1])
+            )
         return cost
 
 

@@ -70,9 +70,9 @@ class WindyPointMass(gym.Env):
 
     def __init__(
         self,
-        start: tuple[float, float] = (-1.0, 0.0),
-        goal: tuple[float, float] = (1.0, 0.0),
-        hazard: tuple[float, float, float, float] = (-0.6, 0.6, -1.0, -0.12),
+        start: tuple[float, float] = (-1.4, 0.0),
+        goal: tuple[float, float] = (1.4, 0.0),
+        hazard: tuple[float, float, float, float] = (-0.7, 0.7, -1.0, -0.12),
         damping: float = 0.6,
         accel: float = 0.05,
         wind_std: float = 0.004,

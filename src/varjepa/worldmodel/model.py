@@ -20,6 +20,7 @@ import copy
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,8 +31,7 @@ from ..callbacks.ema import EMA
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS, PosteriorFamily
 from ..distributions.posteriors import bounded_std
 from ..eval.collapse import effective_rank
-from ..objectives import ELBO, OBJECTIVES, JEPAOutputs, check_finite
-from ..objectives.regularizers import REGULARIZERS
+from ..objectives import ELBO, JEPAOutputs, build_terms, check_finite
 from ..optim import adamw_warmup_cosine
 from ..registry import ConfigError, spec_name
 from ..schedules import build_schedule
@@ -69,6 +69,10 @@ class LatentWorldModel(L.LightningModule):
         burn_in: observations the belief filters before the first rollout starts.
         reconstruction_weight: weight of the ``rec`` term (0 drops the decoder).
         hazard_weight: weight of the ``hazard`` term (0 drops the hazard head, e.g. Pendulum).
+        hazard_refit_steps: at the end of fit, refit the hazard head for this many Adam steps on the
+            final target latents of every training observation (0: keep the online head). The EMA
+            target keeps moving during training, so the online head lags it; the refit head is sharp
+            (P(hazard) ≈ 0 a step's drift outside the hazard), which CVaR planning needs.
         ema: EMA momentum schedule of the target encoder.
         calibration_horizons / calibration_samples: k-step coverage logged at validation
             (``val/coverage90_k{k}``), from ``calibration_samples`` rollouts per window.
@@ -93,6 +97,7 @@ class LatentWorldModel(L.LightningModule):
         burn_in: int = 4,
         reconstruction_weight: float = 1.0,
         hazard_weight: float = 1.0,
+        hazard_refit_steps: int = 2000,
         ema: float | Spec | None = DEFAULT_EMA,
         calibration_horizons: tuple[int, ...] = (1, 5, 10),
         calibration_samples: int = 199,
@@ -112,6 +117,8 @@ class LatentWorldModel(L.LightningModule):
             raise ConfigError(f"model.horizon = {horizon}, model.burn_in = {burn_in}; both must be >= 1")
         if lr <= 0:
             raise ConfigError(f"model.lr = {lr}; must be > 0")
+        if hazard_refit_steps < 0:
+            raise ConfigError(f"model.hazard_refit_steps = {hazard_refit_steps}; must be >= 0")
         if reconstruction_weight < 0 or hazard_weight < 0:
             raise ConfigError("model.reconstruction_weight and model.hazard_weight must be >= 0")
         if any(k < 1 for k in calibration_horizons) or calibration_samples < 2:
@@ -120,23 +127,12 @@ class LatentWorldModel(L.LightningModule):
         prior_mod = PRIORS.build(prior, "model.prior", dim=latent_dim)
         lik_mod = LIKELIHOODS.build(likelihood, "model.likelihood", dim=latent_dim)
         self.beta = build_schedule(beta, "model.beta")
-        builder, opts = OBJECTIVES.resolve(objective, "model.objective")
-        if builder is None:
-            raise ConfigError("model.objective: give a preset name, {name, **options} or a class_path")
-        try:
-            terms = builder(prior=prior_mod, likelihood=lik_mod, beta=self.beta, **opts)
-        except TypeError as e:
-            raise ConfigError(f"model.objective = {objective!r}: {e}") from e
+        terms = build_terms(objective, prior_mod, lik_mod, self.beta, regularizers)
         if any(t.requires for t in terms):
             raise ConfigError(
                 f"model.objective = {spec_name(objective)!r} needs a target posterior; a world model "
                 "supports predictive, heteroscedastic, jepa and their regularised variants"
             )
-        for i, spec in enumerate(regularizers or []):
-            builder_r, ropts = REGULARIZERS.resolve(spec, f"model.regularizers[{i}]")
-            if "weight" in ropts:
-                ropts["weight"] = build_schedule(ropts["weight"], f"model.regularizers[{i}].weight")
-            terms.append(builder_r(**ropts) if builder_r is not None else spec)
         if reconstruction_weight > 0:
             terms.append(ObservationNLL("rec", weight=build_schedule(reconstruction_weight, "model")))
         if hazard_weight > 0:
@@ -430,6 +426,46 @@ class LatentWorldModel(L.LightningModule):
                 self.log(f"{stage}/coverage50_{name}", cov[0])
                 self.log(f"{stage}/coverage90_{name}", cov[1])
             metric.reset()
+
+    def on_train_end(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if (
+            self.hazard_head is None
+            or self.hparams.hazard_refit_steps == 0
+            or getattr(dm, "rollouts", None) is None
+        ):
+            return
+        roll, eps = dm.rollouts, dm.split_episodes["train"]
+        obs = np.concatenate([roll.obs[e, : roll.length[e] + 1] for e in eps])
+        hazard = np.concatenate([roll.hazard[e, : roll.length[e] + 1] for e in eps])
+        loss = self.refit_hazard_head(
+            torch.from_numpy(obs), torch.from_numpy(hazard), self.hparams.hazard_refit_steps
+        )
+        rank_zero_info(
+            f"LatentWorldModel: hazard head refit on {len(obs)} final target latents (log loss {loss:.4f})"
+        )
+
+    @torch.enable_grad()
+    def refit_hazard_head(
+        self, obs: Tensor, hazard: Tensor, steps: int, batch_size: int = 512, lr: float = 3e-3
+    ) -> float:
+        """Fit the hazard head on the target latents of raw observations ``obs`` ``[N, O]`` with labels
+        ``hazard`` ``[N]`` (Adam, seeded, ``steps`` minibatches); returns the final log loss on all of
+        them. Deterministic, so DDP ranks end with identical heads."""
+        dev = self.obs_mean.device
+        with torch.no_grad():
+            z = self.encode(obs.to(dev), target=True)
+        y = hazard.to(dev).float()
+        g = torch.Generator(device="cpu").manual_seed(0)
+        opt = torch.optim.Adam(self.hazard_head.parameters(), lr=lr)
+        for _ in range(steps):
+            idx = torch.randint(0, len(z), (min(batch_size, len(z)),), generator=g).to(dev)
+            bce = F.binary_cross_entropy_with_logits(self.hazard_logits(z[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            bce.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(F.binary_cross_entropy_with_logits(self.hazard_logits(z), y))
 
     def on_validation_epoch_end(self) -> None:
         self._log_calibration("val")

@@ -49,7 +49,8 @@ class PlanSettings:
             class_path to any callable ``cost(model, z [..., H, d]) -> [..., H]``).
         horizon / candidates / particles / iterations / noise / discount / common_noise: the
             planning budget (the same for every row), see :class:`~varjepa.worldmodel.LatentPlanner`.
-        elites: CEM's elite count. temperature: MPPI's relative temperature.
+        elites / momentum: CEM's elite count and refit momentum. temperature: MPPI's relative
+            temperature.
         env: environment spec to plan in (default: the checkpoint's training environment).
         out: output folder (default: ``plan`` beside the checkpoint's run).
         threads: torch threads while planning (default: leave torch's setting).
@@ -69,6 +70,7 @@ class PlanSettings:
     discount: float = 1.0
     common_noise: bool = True
     elites: int = 6
+    momentum: float = 0.0
     temperature: float = 0.5
     env: Any = None
     out: str | None = None
@@ -98,6 +100,7 @@ class PlanSettings:
         }
         if name == "cem":
             kw["elites"] = self.elites
+            kw["momentum"] = self.momentum
         if name == "mppi":
             kw["temperature"] = self.temperature
         return kw

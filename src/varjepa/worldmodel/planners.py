@@ -131,23 +131,37 @@ class LatentPlanner:
 @PLANNERS.register("cem")
 class CEMPlanner(LatentPlanner):
     """Cross-entropy method: sample sequences from a diagonal Gaussian (clipped to the action box),
-    keep the ``elites`` best by risk, refit the Gaussian to them; the last mean is the plan. The
-    current mean is always among the candidates."""
+    keep the ``elites`` best by risk, refit the Gaussian to them (``momentum`` keeps that share of
+    the previous mean and std, which damps the refit's sampling noise); the last mean is the plan.
+    The current mean is always among the candidates."""
 
-    def __init__(self, model, cost, risk="expected", elites: int = 8, min_std: float = 0.05, **kw):
+    def __init__(
+        self,
+        model,
+        cost,
+        risk="expected",
+        elites: int = 8,
+        min_std: float = 0.05,
+        momentum: float = 0.0,
+        **kw,
+    ):
         super().__init__(model, cost, risk, **kw)
         if not 1 <= elites <= self.candidates:
             raise ConfigError(f"plan.elites = {elites}; must be in [1, candidates = {self.candidates}]")
-        self.elites, self.min_std = elites, min_std
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"plan.momentum = {momentum}; must be in [0, 1)")
+        self.elites, self.min_std, self.momentum = elites, min_std, momentum
 
     def optimize(self, h: Tensor, init: Tensor) -> Tensor:
         mean, std = init.clone(), torch.full_like(init, self.noise)
+        m = self.momentum
         for _ in range(self.iterations):
             seqs = (mean + std * torch.randn(self.candidates, *mean.shape, device=mean.device)).clamp(-1, 1)
             seqs[0] = mean
             scores = self.score(h, seqs)
             elite = seqs[scores.topk(self.elites, largest=False).indices]
-            mean, std = elite.mean(0), elite.std(0, correction=0).clamp_min(self.min_std)
+            mean = m * mean + (1 - m) * elite.mean(0)
+            std = m * std + (1 - m) * elite.std(0, correction=0).clamp_min(self.min_std)
         return mean
 
 

@@ -117,7 +117,7 @@ class WaypointPolicy(Policy):
         action_space,
         observation_space,
         env,
-        arena: tuple[float, float, float, float] = (-1.5, 1.5, -1.0, 1.0),
+        arena: tuple[float, float, float, float] = (-1.7, 1.7, -1.0, 1.0),
         gain: float = 3.0,
         noise: float = 0.5,
         switch: float = 15.0,

@@ -20,7 +20,13 @@ from ..objectives.terms import Term
 class HazardBCE(Term):
     """Binary cross-entropy of the hazard head on the target latents: ``extras["hazard_logits"]``
     ``[B, W]`` against ``extras["hazard"]`` ``[B, W]`` in {0, 1}. Trains the hazard head that the
-    planner's cost reads; the head sees detached latents, so this term does not shape the encoder."""
+    planner's cost reads; the head sees detached latents, so this term does not shape the encoder.
+
+    It is trained on observed latents only, so that it says whether a *state* is hazardous: applied
+    to one imagined rollout it gives that possible future's (near-binary) outcome, and the spread
+    of outcomes over rollouts is what a risk measure such as CVaR reads. (Trained on imagined
+    latents it would return the marginal hazard probability for every rollout alike and wash out
+    the tail.)"""
 
     def __init__(self, name: str = "hazard", weight=None):
         super().__init__(name, weight)
