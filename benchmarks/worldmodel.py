@@ -37,12 +37,17 @@ FAMILY_SPECS = {
 }
 
 
+def _as_arg(spec) -> str:
+    """A command-line value: names as they are, mappings as JSON."""
+    return spec if isinstance(spec, str) else json.dumps(spec)
+
+
 def train(config: Path, family: str, steps: int | None, workdir: Path) -> Path:
     """Fit the config's world model with ``family``; returns the last checkpoint."""
     args = [
         "fit",
         f"--config={config}",
-        f"--model.init_args.posterior={json.dumps(FAMILY_SPECS.get(family, family))}",
+        f"--model.init_args.posterior={_as_arg(FAMILY_SPECS.get(family, family))}",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={workdir}",
         f"--trainer.logger.init_args.name={family}",

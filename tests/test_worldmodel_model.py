@@ -358,3 +358,26 @@ def test_refit_hazard_head_learns_a_sharp_boundary():
     assert ((p[far] > 0.5).float() == hazard[far]).float().mean() > 0.97
     with pytest.raises(ConfigError, match="hazard_refit_steps"):
         _tiny(hazard_refit_steps=-1)
+
+
+@pytest.mark.parametrize("planner", [CEMPlanner, MPPIPlanner])
+def test_first_step_of_an_episode_gets_its_own_iterations(planner):
+    p = planner(
+        ToyModel(),
+        _reach_cost,
+        "expected",
+        horizon=2,
+        candidates=4,
+        particles=2,
+        iterations=2,
+        first_iterations=5,
+    )
+    calls = []
+    score = p.score
+    p.score = lambda h, seqs: calls.append(1) or score(h, seqs)
+    p.act(np.array([0.0]))
+    p.act(np.array([0.0]))
+    assert len(calls) == 5 + 2
+    p.reset()
+    p.act(np.array([0.0]))
+    assert len(calls) == 5 + 2 + 5

@@ -47,8 +47,9 @@ class PlanSettings:
         objectives: risk measures: ``expected``, ``{name: cvar, alpha}``, ``{name: mean_std, lam}``.
         cost: planning cost (``{name: goal_hazard, hazard_weight, distance_weight, goal_obs}`` or a
             class_path to any callable ``cost(model, z [..., H, d]) -> [..., H]``).
-        horizon / candidates / particles / iterations / noise / discount / common_noise: the
-            planning budget (the same for every row), see :class:`~varjepa.worldmodel.LatentPlanner`.
+        horizon / candidates / particles / iterations / first_iterations / noise / discount /
+            common_noise: the planning budget (the same for every row), see
+            :class:`~varjepa.worldmodel.LatentPlanner`.
         elites / momentum: CEM's elite count and refit momentum. temperature: MPPI's relative
             temperature.
         env: environment spec to plan in (default: the checkpoint's training environment).
@@ -66,6 +67,7 @@ class PlanSettings:
     candidates: int = 32
     particles: int = 16
     iterations: int = 3
+    first_iterations: int | None = None
     noise: float = 0.5
     discount: float = 1.0
     common_noise: bool = True
@@ -94,6 +96,7 @@ class PlanSettings:
             "candidates": self.candidates,
             "particles": self.particles,
             "iterations": self.iterations,
+            "first_iterations": self.first_iterations,
             "noise": self.noise,
             "discount": self.discount,
             "common_noise": self.common_noise,

@@ -34,6 +34,8 @@ class LatentPlanner:
         candidates: action sequences scored per iteration (N).
         particles: sampled rollouts per sequence (P).
         iterations: optimisation iterations per step.
+        first_iterations: iterations at an episode's first step, which has no previous plan to
+            start from (default: ``iterations``).
         noise: standard deviation of the sampling distribution at the start of each step.
         discount: per-step discount of the costs.
         common_noise: score all candidates of a step on the same particle draws (common random
@@ -49,6 +51,7 @@ class LatentPlanner:
         candidates: int = 64,
         particles: int = 16,
         iterations: int = 3,
+        first_iterations: int | None = None,
         noise: float = 0.5,
         discount: float = 1.0,
         common_noise: bool = True,
@@ -68,6 +71,8 @@ class LatentPlanner:
         self.risk: RiskMeasure = RISKS.build(risk, "plan.objectives") if not callable(risk) else risk
         self.horizon, self.candidates, self.particles = horizon, candidates, particles
         self.iterations, self.noise, self.discount = iterations, noise, discount
+        self.first_iterations = max(iterations, first_iterations or iterations)
+        self._fresh = True
         self.common_noise = common_noise
         A = model.action_dim
         dev = model.obs_mean.device
@@ -79,6 +84,7 @@ class LatentPlanner:
 
     def reset(self) -> None:
         """Start a new episode: empty belief, zero plan."""
+        self._fresh = True
         self.plan.zero_()
         self.h = self.model.initial_belief(1)
         self.prev.zero_()
@@ -107,7 +113,7 @@ class LatentPlanner:
         c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
         return self.risk((c * self._weights).sum(-1))
 
-    def optimize(self, h: Tensor, init: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def optimize(self, h: Tensor, init: Tensor, iterations: int) -> Tensor:  # pragma: no cover - abstract
         """The action sequence ``[H, A]`` to follow from belief ``h``, warm-started at ``init``."""
         raise NotImplementedError
 
@@ -119,7 +125,8 @@ class LatentPlanner:
         o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.plan.device)[None]
         self.h = m.update_belief(self.h, m.encode(o), self.prev)
         self.draw_noise()
-        seq = self.optimize(self.h, self.plan)
+        seq = self.optimize(self.h, self.plan, self.first_iterations if self._fresh else self.iterations)
+        self._fresh = False
         a = seq[0:1].clamp(-1, 1)
         self.prev = a
         self.plan = torch.cat([seq[1:], seq[-1:]], 0)  # receding horizon: shift, repeat the last
@@ -131,31 +138,32 @@ class LatentPlanner:
 @PLANNERS.register("cem")
 class CEMPlanner(LatentPlanner):
     """Cross-entropy method: sample sequences from a diagonal Gaussian (clipped to the action box),
-    keep the ``elites`` best by risk, refit the Gaussian to them (``momentum`` keeps that share of
-    the previous mean and std, which damps the refit's sampling noise); the last mean is the plan.
-    The current mean is always among the candidates."""
+    keep the ``elites`` best by risk (default: a fifth of the candidates), refit the Gaussian to
+    them (``momentum`` keeps that share of the previous mean and std, which damps the refit's
+    sampling noise); the last mean is the plan. The current mean is always among the candidates."""
 
     def __init__(
         self,
         model,
         cost,
         risk="expected",
-        elites: int = 8,
+        elites: int | None = None,
         min_std: float = 0.05,
         momentum: float = 0.0,
         **kw,
     ):
         super().__init__(model, cost, risk, **kw)
+        elites = max(1, self.candidates // 5) if elites is None else elites
         if not 1 <= elites <= self.candidates:
             raise ConfigError(f"plan.elites = {elites}; must be in [1, candidates = {self.candidates}]")
         if not 0 <= momentum < 1:
             raise ConfigError(f"plan.momentum = {momentum}; must be in [0, 1)")
         self.elites, self.min_std, self.momentum = elites, min_std, momentum
 
-    def optimize(self, h: Tensor, init: Tensor) -> Tensor:
+    def optimize(self, h: Tensor, init: Tensor, iterations: int) -> Tensor:
         mean, std = init.clone(), torch.full_like(init, self.noise)
         m = self.momentum
-        for _ in range(self.iterations):
+        for _ in range(iterations):
             seqs = (mean + std * torch.randn(self.candidates, *mean.shape, device=mean.device)).clamp(-1, 1)
             seqs[0] = mean
             scores = self.score(h, seqs)
@@ -178,9 +186,9 @@ class MPPIPlanner(LatentPlanner):
             raise ConfigError(f"plan.temperature = {temperature}; must be > 0")
         self.temperature = temperature
 
-    def optimize(self, h: Tensor, init: Tensor) -> Tensor:
+    def optimize(self, h: Tensor, init: Tensor, iterations: int) -> Tensor:
         nominal = init.clone()
-        for _ in range(self.iterations):
+        for _ in range(iterations):
             seqs = (
                 nominal + self.noise * torch.randn(self.candidates, *nominal.shape, device=nominal.device)
             ).clamp(-1, 1)
