@@ -2,7 +2,7 @@
 
 Each family is trained with the ``heteroscedastic`` objective of ``configs/uncertainty_digits.yaml``
 (the predictor's density scores the observed target latent, β-NLL weighting) for ``--steps``
-steps; reference rows show the default ``predictive`` preset (whose spread is input-independent)
+steps (default: the config's ``trainer.max_steps``), once per ``--seeds`` seed; reference rows show the default ``predictive`` preset (whose spread is input-independent)
 and a deterministic ``dirac`` I-JEPA (representation only). Columns:
 
 * ``probe`` / ``probe_10pc``: logistic regression on frozen pooled target features, all labels and
@@ -14,7 +14,10 @@ and a deterministic ``dirac`` I-JEPA (representation only). Columns:
 * ``sel_w0`` … ``sel_w50``: probe accuracy on the *corrupted* test split when the most uncertain
   0/10/20/50 % are withheld (the paper's Table 2 protocol).
 
-    python benchmarks/uncertainty_digits.py --steps 1500 --out benchmarks/results/uncertainty_digits
+    python benchmarks/uncertainty_digits.py --seeds 0 1 --out benchmarks/results/uncertainty_digits
+    python benchmarks/uncertainty_digits.py --rows diag_gaussian --steps 1500     # a quick look
+
+With several seeds the Markdown file adds a mean ± std table per family.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ ROWS = {
 }
 COLUMNS = [
     "family",
+    "seed",
     "probe",
     "probe_10pc",
     "knn",
@@ -79,6 +83,16 @@ def base_model_args() -> dict:
     return {k: cfg[k] for k in keep if k in cfg}
 
 
+def config_steps() -> int:
+    """``trainer.max_steps`` of ``configs/uncertainty_digits.yaml``."""
+    return int(_config()["trainer"]["max_steps"])
+
+
+def config_batch_size() -> int:
+    """``data.init_args.batch_size`` of ``configs/uncertainty_digits.yaml`` (128 if unset)."""
+    return int(_config().get("data", {}).get("init_args", {}).get("batch_size", 128))
+
+
 def augmentation_args() -> dict | None:
     """``NoiseAugmentation`` options of the config's callbacks (None if it has none)."""
     for cb in _config()["trainer"].get("callbacks", []):
@@ -96,7 +110,7 @@ def knn_accuracy(xtr, ytr, xte, yte) -> float:
 
 def run_row(name: str, overrides: dict, steps: int, augment: dict | None, seed: int = 0) -> dict:
     L.seed_everything(seed, verbose=False)
-    dm = DigitsDataModule(batch_size=128)
+    dm = DigitsDataModule(batch_size=config_batch_size())
     model = VarJEPA(**{**base_model_args(), **overrides})
     callbacks = [NoiseAugmentation(**augment)] if augment else []
     trainer = L.Trainer(
@@ -118,6 +132,7 @@ def run_row(name: str, overrides: dict, steps: int, augment: dict | None, seed: 
     xte, yte = extract_features(model, dm.plain_dataloader("test"))
     row = {
         "family": name,
+        "seed": seed,
         "probe": linear_probe(xtr, ytr, xte, yte),
         "probe_10pc": linear_probe(xtr, ytr, xte, yte, per_class=10),
         "knn": knn_accuracy(xtr, ytr, xte, yte),
@@ -159,9 +174,36 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+#: columns of the mean ± std table (several seeds)
+SUMMARY = ["probe", "probe_10pc", "knn", "cov50", "cov90", "sp_std_err", "sp_u", "auroc", "wall_s"]
+
+
+def summary(rows: list[dict]) -> str:
+    """Mean ± std over seeds per family (families in first-seen order)."""
+    out = ["| family | seeds | " + " | ".join(SUMMARY) + " |", "|" + "---|" * (len(SUMMARY) + 2)]
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        rs = [r for r in rows if r["family"] == fam]
+        cells = []
+        for c in SUMMARY:
+            v = [r[c] for r in rs if isinstance(r.get(c), float) and math.isfinite(r[c])]
+            if not v:
+                cells.append("—")
+            elif c == "wall_s":
+                cells.append(f"{np.mean(v):.0f}")
+            else:
+                cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
+        out.append(f"| {fam} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the config's max_steps)"
+    )
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="model seeds (one run per family and seed)"
+    )
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"any of: {', '.join(ROWS)}")
     ap.add_argument("--no-augment", action="store_true", help="train without the config's NoiseAugmentation")
     ap.add_argument("--augment-p", type=float, default=None, help="override NoiseAugmentation.p")
@@ -170,18 +212,29 @@ def main() -> None:
     augment = None if args.no_augment else augmentation_args()
     if augment is not None and args.augment_p is not None:
         augment["p"] = args.augment_p
+    steps = args.steps or config_steps()
     rows = []
     for name in args.rows:
-        rows.append(run_row(name, ROWS[name], args.steps, augment))
-        print(json.dumps(rows[-1]), flush=True)
+        for seed in args.seeds:
+            rows.append(run_row(name, ROWS[name], steps, augment, seed=seed))
+            print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows)
+    if len(args.seeds) > 1:
+        table += "\n\nMean ± std over seeds " + ", ".join(map(str, args.seeds)) + ":\n\n" + summary(rows)
     header = (
-        f"steps={args.steps}, augmentation={augment or 'none'}, torch threads={torch.get_num_threads()}\n\n"
+        f"steps={steps}, batch size={config_batch_size()}, seeds={args.seeds}, "
+        f"augmentation={augment or 'none'}, torch threads={torch.get_num_threads()}\n\n"
     )
     print(header + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"steps": args.steps, "augmentation": augment, "base": base_model_args(), "rows": rows}
+    meta = {
+        "steps": steps,
+        "seeds": args.seeds,
+        "augmentation": augment,
+        "base": base_model_args(),
+        "rows": rows,
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_jsonable))
     out.with_suffix(".md").write_text(header + table + "\n")
 

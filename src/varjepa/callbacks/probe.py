@@ -13,8 +13,10 @@ class OfflineProbe(Callback):
     """Fits scikit-learn logistic regression on train-split features and logs accuracy on
     ``eval_split`` as ``probe/acc`` (and ``probe/acc_<k>pc`` with ``per_class`` labels per class).
 
-    Runs on rank 0 only, every ``every_n_epochs`` validation epochs and at the end of fit. Meant
-    for small datasets; the online probe for large ones is a separate callback.
+    Runs on rank 0 only, every ``every_n_epochs`` validation epochs and at the end of fit (the
+    end-of-fit probe reuses a result already computed at the same global step, e.g. by a
+    validation epoch that ended the run). Meant for small datasets; the online probe for large
+    ones is a separate callback.
 
     Args:
         every_n_epochs: how often to probe (0: only at the end of fit).
@@ -26,15 +28,18 @@ class OfflineProbe(Callback):
         super().__init__()
         self.every_n_epochs, self.eval_split, self.per_class = every_n_epochs, eval_split, tuple(per_class)
         self.last: dict[str, float] = {}
+        self._step = -1
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        if self.last and self._step == trainer.global_step:
+            return self.last  # same weights: fitting the probes again would give the same numbers
         dm = trainer.datamodule
         xtr, ytr = extract_features(pl_module, dm.plain_dataloader("train"))
         xte, yte = extract_features(pl_module, dm.plain_dataloader(self.eval_split))
         out = {"probe/acc": linear_probe(xtr, ytr, xte, yte)}
         for k in self.per_class:
             out[f"probe/acc_{k}pc"] = linear_probe(xtr, ytr, xte, yte, per_class=k)
-        self.last = out
+        self.last, self._step = out, trainer.global_step
         return out
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
