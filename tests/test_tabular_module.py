@@ -11,9 +11,8 @@ import torch
 import yaml
 
 from varjepa.cli import main, run
-from varjepa.eval.probes import fit_linear_probe
 from varjepa.tabular import TabularDataModule, VarTJEPA, extract
-from varjepa.tabular.evaluate import evaluate_features, selective_by_coverage
+from varjepa.tabular.evaluate import LOGREG_CS, evaluate_features, fit_logreg, selective_by_coverage
 
 TINY = {
     "name": "transformer",
@@ -189,7 +188,7 @@ def test_evaluate_features_matches_sklearn():
     res = evaluate_features(
         xtr, ytr, xte, yte, models=("logreg", "gbt"), extra_uncertainty=np.arange(len(yte))
     )
-    assert res["logreg"]["acc@100"] == pytest.approx(fit_linear_probe(xtr, ytr).score(xte, yte))
+    assert res["logreg"]["acc@100"] == pytest.approx(fit_logreg(xtr, ytr).score(xte, yte))
     assert set(res["gbt"]) == {
         "acc@100",
         "acc@90",
@@ -199,3 +198,39 @@ def test_evaluate_features_matches_sklearn():
         "sel_model@80",
         "sel_model@50",
     }
+
+
+def test_fit_logreg_picks_c_by_repeated_cv_on_train_rows():
+    """C comes from the grid by GridSearchCV over repeated stratified folds of the training rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from varjepa.tabular.evaluate import CV_REPEATS
+
+    dm = TabularDataModule(dataset="wine")
+    dm.setup()
+    xtr, ytr = dm.arrays["train"]
+    clf = fit_logreg(xtr, ytr, seed=3)
+    ref = GridSearchCV(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+        {"logisticregression__C": list(LOGREG_CS)},
+        cv=RepeatedStratifiedKFold(n_splits=5, n_repeats=CV_REPEATS, random_state=3),
+    ).fit(xtr, ytr)
+    assert ref.best_params_["logisticregression__C"] == clf.named_steps["logisticregression"].C
+    assert min(LOGREG_CS) <= 1e-4 and max(LOGREG_CS) >= 100
+
+
+def test_evaluate_features_several_uncertainty_scores():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), np.repeat([0, 1], 30)
+    res = evaluate_features(
+        x[:40],
+        y[:40],
+        x[40:],
+        y[40:],
+        models=("logreg",),
+        extra_uncertainty={"a": rng.random(20), "b": rng.random(20)},
+    )
+    assert {"sel_a@90", "sel_a@50", "sel_b@80"} <= set(res["logreg"])
