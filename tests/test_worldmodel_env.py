@@ -79,7 +79,7 @@ def test_gusts_and_observation_noise_have_the_configured_statistics():
 def test_same_seed_same_wind_whatever_the_actions():
     runs = []
     for action in ([1.0, 0.0], [-1.0, 1.0]):
-        env = WindyPointMass(**NO_TERM)
+        env = WindyPointMass(**NO_TERM, gust_prob=0.2)
         env.reset(seed=11)
         runs.append([env.step(np.array(action))[-1]["gust"] for _ in range(50)])
     assert runs[0] == runs[1] and any(runs[0])
