@@ -1,0 +1,52 @@
+"""benchmarks/worldmodel_oracle.py: the oracle's rollouts are the environment's dynamics."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from varjepa.worldmodel.envs import WindyPointMass
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "worldmodel_oracle.py"
+spec = importlib.util.spec_from_file_location("worldmodel_oracle", PATH)
+oracle = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(oracle)
+
+
+def test_rollouts_without_wind_follow_env_step_exactly():
+    kw = {"wind_std": 0.0, "gust_prob": 0.0, "terminate_on_hazard": False, "terminate_on_goal": False}
+    env = WindyPointMass(**kw)
+    _, info = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-1, 1, (2, oracle.HORIZON, 2))
+    pos = oracle.true_rollouts(env, info["position"], info["velocity"], acts, rng)  # [2, P, H, 2]
+    assert pos.shape == (2, oracle.PARTICLES, oracle.HORIZON, 2)
+    for c in range(2):
+        sim = WindyPointMass(**kw)
+        sim.reset(seed=3)
+        ref = np.array([sim.step(a)[-1]["position"] for a in acts[c]])
+        for p in range(oracle.PARTICLES):
+            np.testing.assert_allclose(pos[c, p], ref, atol=1e-12)
+
+
+def test_rollout_gusts_have_the_env_rate_and_mean_push():
+    env = WindyPointMass(wind_std=0.0, gust_prob=0.25, gust_strength=0.2, gust_spread=0.0, damping=0.0)
+    rng = np.random.default_rng(1)
+    acts = np.zeros((400, oracle.HORIZON, 2))
+    pos = oracle.true_rollouts(env, np.zeros(2), np.zeros(2), acts, rng)
+    # damping 0 and no action: each step moves by that step's gust only, g ~ U(0.5, 1) * 0.2 south
+    steps = np.diff(np.concatenate([np.zeros((400, oracle.PARTICLES, 1, 2)), pos], 2), axis=2)[0]
+    gust = steps[..., 1] < 0
+    assert abs(gust.mean() - 0.25) < 0.06
+    np.testing.assert_allclose(steps[gust][:, 1].mean(), -0.15, atol=0.01)
+
+
+def test_cvar_is_the_mean_of_the_worst_share_and_the_cost_charges_the_hazard_once():
+    costs = np.arange(16, dtype=float)[None].repeat(2, 0)
+    np.testing.assert_allclose(oracle.risk(costs, "expected"), [7.5, 7.5])
+    np.testing.assert_allclose(oracle.risk(costs, "cvar"), [13.5, 13.5])  # ceil(0.2 * 16) = 4 worst
+    env = WindyPointMass()
+    cost = oracle.TrueCost(env, weight=5.0)
+    inside = np.array([0.0, -0.5])  # in the hazard rectangle
+    path = np.stack([env.goal, inside, inside])[None, None]  # [1, 1, 3, 2]
+    np.testing.assert_allclose(cost(path), [[2 * np.linalg.norm(inside - env.goal) + 5.0]])
