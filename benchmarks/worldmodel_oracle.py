@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from varjepa.worldmodel.costs import GoalHazardCost
 from varjepa.worldmodel.envs import WindyPointMass
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,17 +68,17 @@ class TrueCost:
 
 
 class LearnedCost:
-    """The world model's cost on the target-encoded true positions ``[C, P, H, 2]`` → ``[C, P]``."""
+    """The world model's planning cost (:class:`~varjepa.worldmodel.GoalHazardCost`) summed over the
+    steps of the target-encoded true positions ``[C, P, H, 2]`` → ``[C, P]``."""
 
     def __init__(self, model, env: WindyPointMass, weight: float):
-        self.model, self.weight = model, weight
-        self.z_goal = model.encode(torch.as_tensor(env.goal, dtype=torch.float32), target=True)
+        self.model, self.cost = model, GoalHazardCost(hazard_weight=weight)
+        self.cost.bind(model, env)
 
     @torch.no_grad()
     def __call__(self, pos: np.ndarray) -> np.ndarray:
         z = self.model.encode(torch.as_tensor(pos, dtype=torch.float32), target=True)
-        hazard = torch.sigmoid(self.model.hazard_logits(z)).max(-1).values
-        return ((z - self.z_goal).norm(dim=-1).sum(-1) + self.weight * hazard).numpy()
+        return self.cost(self.model, z).sum(-1).numpy()
 
 
 def risk(costs: np.ndarray, objective: str, alpha: float = 0.2) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
@@ -35,12 +35,20 @@ def per_class_subset(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray
 PROBE_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
-def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float | str = "cv", seed: int = 0):
+def fit_linear_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    C: float | str = "cv",
+    seed: int = 0,
+    cs: tuple[float, ...] = PROBE_CS,
+    repeats: int = 1,
+):
     """Fit standardised logistic regression on ``x_train`` ``[N, D]``; returns the fitted pipeline
     (``.predict(x [M, D])``, ``.score(x, y)``).
 
-    ``C="cv"`` picks the inverse regularisation strength from :data:`PROBE_CS` by stratified
-    5-fold cross-validation on the training data only (standard linear evaluation); a number
+    ``C="cv"`` picks the inverse regularisation strength from ``cs`` (default :data:`PROBE_CS`) by
+    stratified 5-fold cross-validation on the training data only (standard linear evaluation),
+    repeated ``repeats`` times with fresh folds (fewer folds if a class is smaller); a number
     fixes it.
     """
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
@@ -49,8 +57,11 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float | str = 
     folds = int(min(5, np.bincount(np.unique(y_train, return_inverse=True)[1]).min()))
     if folds < 2:
         return clf.fit(x_train, y_train)
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    search = GridSearchCV(clf, {"logisticregression__C": list(PROBE_CS)}, cv=cv)
+    if repeats > 1:
+        cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    else:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    search = GridSearchCV(clf, {"logisticregression__C": list(cs)}, cv=cv)
     return search.fit(x_train, y_train).best_estimator_
 
 

@@ -23,12 +23,11 @@ from collections.abc import Callable
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..eval.probes import fit_linear_probe
 from ..eval.uncertainty import selective_accuracy
 
 COVERAGES = (1.0, 0.9, 0.8, 0.5)
@@ -42,12 +41,7 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, seed: int = 0):
     """Standardised logistic regression on ``x`` ``[N, D]``, ``C`` from :data:`LOGREG_CS` by
     stratified 5-fold cross-validation repeated :data:`CV_REPEATS` times on ``(x, y)`` only
     (fewer folds if a class is smaller); returns the refitted pipeline."""
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    folds = int(min(5, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
-    if folds < 2:
-        return clf.fit(x, y)
-    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed)
-    return GridSearchCV(clf, {"logisticregression__C": list(LOGREG_CS)}, cv=cv).fit(x, y).best_estimator_
+    return fit_linear_probe(x, y, "cv", seed, cs=LOGREG_CS, repeats=CV_REPEATS)
 
 
 def downstream_models(seed: int = 0) -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
