@@ -322,6 +322,10 @@ def test_planner_options_are_checked():
         MPPIPlanner(ToyModel(), _reach_cost, temperature=0)
     with pytest.raises(ConfigError, match="unknown risk measure 'var'"):
         CEMPlanner(ToyModel(), _reach_cost, risk="var")
+    with pytest.raises(ConfigError, match="first_iterations = 0"):
+        CEMPlanner(ToyModel(), _reach_cost, first_iterations=0)
+    with pytest.raises(ConfigError, match="momentum = 1"):
+        CEMPlanner(ToyModel(), _reach_cost, momentum=1.0)
 
 
 def test_goal_hazard_cost_embeds_the_goal_and_reads_the_hazard_head():

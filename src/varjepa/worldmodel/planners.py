@@ -64,6 +64,10 @@ class LatentPlanner:
         ):
             if v < 1:
                 raise ConfigError(f"plan.{name} = {v}; must be >= 1")
+        if first_iterations is not None and first_iterations < 1:
+            raise ConfigError(
+                f"plan.first_iterations = {first_iterations}; must be >= 1 (or null: iterations)"
+            )
         if noise <= 0 or not 0 < discount <= 1:
             raise ConfigError(f"plan.noise = {noise} must be > 0 and plan.discount = {discount} in (0, 1]")
         self.model = model.eval()
