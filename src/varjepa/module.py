@@ -244,8 +244,10 @@ class VarJEPA(L.LightningModule):
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        """Pooled target-encoder features ``[B, D]`` (mean over patch tokens) for probes."""
-        return self.target_encoder(images).mean(1)
+        """Pooled target-encoder features ``[B, D]`` of ``images`` ``[B, C, H, W]`` for probes
+        (``model.encoder.pool``: by default the mean of the last block's patch tokens, then the
+        final norm)."""
+        return self.target_encoder.pool(images)
 
     def forward(self, batch: dict[str, Tensor]) -> JEPAOutputs:
         """Run the JEPA on a masked batch; returns everything the ELBO terms read."""

@@ -1,9 +1,9 @@
 """Online evaluation during training: a linear probe and a weighted kNN classifier on detached
 pooled target-encoder features, logged every validation epoch.
 
-Both read the features the training/validation step already computed: a forward hook on the
-model's ``target_encoder`` keeps its last output (``[B, N, D]`` tokens of the full image), and
-pooling it gives exactly ``VarJEPA.embed(images)``. When the step did not run the target encoder
+Both read the features the training/validation step already computed: hooks on the model's
+``target_encoder`` (:class:`FeatureTap`) pool its last full-image forward exactly as
+``VarJEPA.embed(images)`` does. When the step did not run the target encoder
 on this batch's images, the callbacks call ``embed`` themselves.
 
 Under DDP the probe's gradients are all-reduced before its optimizer step (its weights stay
@@ -27,20 +27,44 @@ from ..eval.metrics import KNNAccuracy
 
 
 class FeatureTap:
-    """Forward hook on a module that keeps ``(input images, output)`` of its last call."""
+    """Keeps ``images`` and pooled ``output`` ``[B, D]`` of the last full-image forward of a
+    :class:`~varjepa.encoders.ViTEncoder` (calls with a patch subset are ignored): a pre-hook on
+    the encoder marks a full-image call, a hook on its final norm pools the norm's input with the
+    encoder's own :meth:`~varjepa.encoders.ViTEncoder.pool_features`."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, encoder: nn.Module):
+        self.encoder = encoder
         self.images: Tensor | None = None
         self.output: Tensor | None = None
-        self.handle = module.register_forward_hook(self._hook)
+        self._pending: Tensor | None = None
+        self.handles = []
+        norm = getattr(getattr(encoder, "vit", None), "norm", None)
+        if norm is None or not hasattr(encoder, "pool_features"):
+            return  # another encoder type: the tap stays empty and callers use ``embed``
+        self.handles = [
+            encoder.register_forward_pre_hook(self._pre, with_kwargs=True),
+            norm.register_forward_hook(self._norm),
+            encoder.register_forward_hook(self._post),
+        ]
 
-    def _hook(self, module, args, output) -> None:
-        # the target encoder on the full image: forward(images) or forward(images, None)
-        if len(args) == 1 or (len(args) > 1 and args[1] is None):
-            self.images, self.output = args[0], output.detach()
+    def _pre(self, module, args, kwargs) -> None:
+        idx = args[1] if len(args) > 1 else kwargs.get("idx")
+        images = args[0] if args else kwargs.get("images")
+        self._pending = images if idx is None else None
+
+    def _norm(self, module, args, output) -> None:
+        images, self._pending = self._pending, None  # pool_features calls the norm again
+        if images is not None and args[0].dim() == 3:
+            with torch.no_grad():
+                self.images, self.output = images, self.encoder.pool_features(args[0].detach())
+
+    def _post(self, module, args, output) -> None:
+        self._pending = None
 
     def remove(self) -> None:
-        self.handle.remove()
+        for h in self.handles:
+            h.remove()
+        self.handles = []
         self.images = self.output = None
 
 
@@ -73,7 +97,7 @@ def pooled_features(pl_module, batch: dict[str, Tensor], tap: FeatureTap | None 
     tap when the step already encoded these images, else ``pl_module.embed``."""
     images = batch["image"]
     if tap is not None and tap.images is images and tap.output is not None:
-        return tap.output.float().mean(1)
+        return tap.output.float()
     return pl_module.embed(images).detach().float()
 
 

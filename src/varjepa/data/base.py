@@ -64,7 +64,8 @@ class IndexedDataset(Dataset):
 
 
 class JEPADataModule(L.LightningDataModule):
-    """Shared loader logic. Subclasses set ``self.train_set``, ``val_set``, ``test_set`` in
+    """Shared loader logic. Subclasses set ``self.train_set``, ``val_set``, ``test_set`` (and,
+    when training images are randomly augmented, ``train_plain_set`` without augmentation) in
     ``setup`` and describe their images by ``image_size`` and ``in_chans``.
 
     Train batches carry fresh masks every step; validation batches carry masks from a seeded
@@ -161,10 +162,18 @@ class JEPADataModule(L.LightningDataModule):
         return self._loader(self.test_set, False, self._collate(False))
 
     def predict_dataloader(self) -> DataLoader:
-        ds = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[self.predict_split]
+        ds = self._eval_set(self.predict_split)
         return self._loader(ds, False, stack_samples)
 
+    def _eval_set(self, split: str) -> Dataset:
+        """The dataset of ``split`` as evaluation sees it: for "train", ``train_plain_set`` (the
+        training images without random augmentation) when the subclass sets one."""
+        if split == "train":
+            plain = getattr(self, "train_plain_set", None)
+            return self.train_set if plain is None else plain
+        return {"val": self.val_set, "test": self.test_set}[split]
+
     def plain_dataloader(self, split: str) -> DataLoader:
-        """A loader of ``split`` without masks (for probes and feature extraction)."""
-        ds = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        """A loader of ``split`` without masks or augmentation (for probes and feature extraction)."""
+        ds = self._eval_set(split)
         return self._loader(ds, False, stack_samples)

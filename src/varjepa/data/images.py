@@ -149,10 +149,12 @@ class ImageFolderDataModule(JEPADataModule):
         self.num_classes = len(train_aug.classes)
         if self.val_root:
             self.train_set = IndexedDataset(train_aug)
+            self.train_plain_set = IndexedDataset(train_plain)
             self.val_set = IndexedDataset(self._folder(self.val_root, False))
         else:
             tr, va = _split(len(train_aug), self.val_fraction, self.seed)
             self.train_set = IndexedDataset(Subset(train_aug, tr))
+            self.train_plain_set = IndexedDataset(Subset(train_plain, tr))
             self.val_set = IndexedDataset(Subset(train_plain, va or tr[:1]))
         self.test_set = (
             IndexedDataset(self._folder(self.test_root, False)) if self.test_root else self.val_set
@@ -201,6 +203,8 @@ class CIFAR10DataModule(JEPADataModule):
             return datasets.CIFAR10(str(self.root), train=train, transform=tf, download=False)
 
         tr, va = _split(50000, self.val_fraction, self.seed)
+        plain = load(True, False)
         self.train_set = IndexedDataset(Subset(load(True, self.augment), tr))
-        self.val_set = IndexedDataset(Subset(load(True, False), va))
+        self.train_plain_set = IndexedDataset(Subset(plain, tr))
+        self.val_set = IndexedDataset(Subset(plain, va))
         self.test_set = IndexedDataset(load(False, False))

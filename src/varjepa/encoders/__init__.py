@@ -1,6 +1,6 @@
 """Encoders (timm ViT tokens) and the transformer predictor."""
 
 from .predictor import PredictorConfig, TransformerPredictor
-from .vit import EncoderConfig, ViTEncoder, gather_tokens
+from .vit import POOLS, EncoderConfig, ViTEncoder, gather_tokens
 
-__all__ = ["EncoderConfig", "PredictorConfig", "TransformerPredictor", "ViTEncoder", "gather_tokens"]
+__all__ = ["POOLS", "EncoderConfig", "PredictorConfig", "TransformerPredictor", "ViTEncoder", "gather_tokens"]

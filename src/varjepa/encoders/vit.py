@@ -29,6 +29,7 @@ class EncoderConfig:
     """Sizes of the ViT encoder, or a timm model name (``model_name``) for users with real data.
 
     ``img_size`` and ``in_chans`` always apply; the other sizes only when ``model_name`` is None.
+    ``pool`` (one of :data:`POOLS`) sets how :meth:`ViTEncoder.pool` makes pooled features.
     """
 
     model_name: str | None = None
@@ -40,6 +41,16 @@ class EncoderConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
+    pool: str = "avg"
+
+
+#: how :meth:`ViTEncoder.pool` turns tokens into one feature vector
+POOLS = {
+    "avg": "mean of the last block's patch tokens (the residual stream before the final norm)",
+    "avg_norm": "mean of the last block's patch tokens, then the final norm (timm's "
+    "global_pool='avg' with fc_norm, as in MAE/BEiT linear probing)",
+    "token_avg": "mean of the final-normed patch tokens (timm's global_pool='avg' without fc_norm)",
+}
 
 
 class ViTEncoder(nn.Module):
@@ -51,6 +62,9 @@ class ViTEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
+        if cfg.pool not in POOLS:
+            raise ConfigError(f"model.encoder.pool = '{cfg.pool}'; allowed: {', '.join(POOLS)}")
+        self.pool_mode = cfg.pool
         if cfg.model_name:
             try:
                 vit = timm.create_model(
@@ -99,14 +113,31 @@ class ViTEncoder(nn.Module):
         self.num_patches: int = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens: int = vit.num_prefix_tokens
 
-    def forward(self, images: Tensor, idx: Tensor | None = None) -> Tensor:
-        """Encode ``images`` ``[B, C, H, W]``; only the patches in ``idx`` ``[B, K]`` if given."""
+    def features(self, images: Tensor, idx: Tensor | None = None) -> Tensor:
+        """The final norm's input: all tokens (prefix first) ``[B, P + K or N, D]`` of ``images``
+        ``[B, C, H, W]``, only the patches in ``idx`` ``[B, K]`` if given."""
         v = self.vit
         x = v._pos_embed(v.patch_embed(images))  # [B, P + N, D]
         if idx is not None:
             p = self.num_prefix_tokens
             x = torch.cat([x[:, :p], gather_tokens(x[:, p:], idx)], dim=1)
         x = v.norm_pre(v.patch_drop(x))
-        x = v.blocks(x)
-        x = v.norm(x)
-        return x[:, self.num_prefix_tokens :]
+        return v.blocks(x)
+
+    def forward(self, images: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Final-normed patch tokens ``[B, K or N, D]`` of ``images`` ``[B, C, H, W]``; only the
+        patches in ``idx`` ``[B, K]`` if given."""
+        return self.vit.norm(self.features(images, idx))[:, self.num_prefix_tokens :]
+
+    def pool_features(self, feats: Tensor) -> Tensor:
+        """Pooled features ``[B, D]`` from :meth:`features` ``[B, P + N, D]`` of whole images
+        (see :data:`POOLS`)."""
+        p = self.num_prefix_tokens
+        if self.pool_mode == "token_avg":
+            return self.vit.norm(feats)[:, p:].mean(1)
+        pooled = feats[:, p:].mean(1)
+        return self.vit.norm(pooled) if self.pool_mode == "avg_norm" else pooled
+
+    def pool(self, images: Tensor) -> Tensor:
+        """Pooled features ``[B, D]`` of whole images ``[B, C, H, W]`` (see :data:`POOLS`)."""
+        return self.pool_features(self.features(images))
