@@ -11,6 +11,8 @@ and a deterministic ``dirac`` I-JEPA (representation only). Columns:
 * ``nll`` (Gaussian, nats per latent dim), ``cov50`` / ``cov90``, ``sp_std_err``, ``aurc``: the
   predictive distribution on held-out target latents of the test split (8 seeded mask draws);
 * ``sp_u`` / ``auroc``: the corruption protocol (Spearman(uncertainty, u), AUROC for u ≥ q75);
+* ``sp_u_surprise`` / ``auroc_surprise``: the same with the predictive surprise (negative
+  log-density of the observed target latents) as the score;
 * ``sel_w0`` … ``sel_w50``: probe accuracy on the *corrupted* test split when the most uncertain
   0/10/20/50 % are withheld (the paper's Table 2 protocol).
 
@@ -35,6 +37,7 @@ import yaml
 
 from varjepa import DigitsDataModule, VarJEPA
 from varjepa.callbacks.augment import NoiseAugmentation
+from varjepa.encoders import EncoderConfig
 from varjepa.eval import extract_features, linear_probe
 from varjepa.eval.corruption import corruption_protocol, split_tensors
 from varjepa.eval.metrics import KNNAccuracy
@@ -64,6 +67,8 @@ COLUMNS = [
     "aurc",
     "sp_u",
     "auroc",
+    "sp_u_surprise",
+    "auroc_surprise",
     "sel_w0",
     "sel_w10",
     "sel_w20",
@@ -152,6 +157,10 @@ def run_row(name: str, overrides: dict, steps: int, augment: dict | None, seed: 
     )
     cor = corruption_protocol(model, images, seed=0, protocol=protocol)
     row.update(sp_u=cor["spearman"], auroc=cor["auroc"])
+    row.update(
+        sp_u_surprise=cor.get("surprise_spearman", math.nan),
+        auroc_surprise=cor.get("surprise_auroc", math.nan),
+    )
     probe = fit_linear_probe(xtr, ytr)
     with torch.no_grad():
         f_corr = model.embed(torch.as_tensor(cor["corrupted"])).numpy()
@@ -175,7 +184,19 @@ def markdown(rows: list[dict]) -> str:
 
 
 #: columns of the mean ± std table (several seeds)
-SUMMARY = ["probe", "probe_10pc", "knn", "cov50", "cov90", "sp_std_err", "sp_u", "auroc", "wall_s"]
+SUMMARY = [
+    "probe",
+    "probe_10pc",
+    "knn",
+    "cov50",
+    "cov90",
+    "sp_std_err",
+    "sp_u",
+    "auroc",
+    "sp_u_surprise",
+    "auroc_surprise",
+    "wall_s",
+]
 
 
 def summary(rows: list[dict]) -> str:
@@ -194,6 +215,11 @@ def summary(rows: list[dict]) -> str:
                 cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}")
         out.append(f"| {fam} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def pool_mode() -> str:
+    """The encoder's pooling of probe features (``model.encoder.pool``, default ``avg``)."""
+    return (base_model_args().get("encoder") or {}).get("pool", EncoderConfig.pool)
 
 
 def main() -> None:
@@ -223,7 +249,8 @@ def main() -> None:
         table += "\n\nMean ± std over seeds " + ", ".join(map(str, args.seeds)) + ":\n\n" + summary(rows)
     header = (
         f"steps={steps}, batch size={config_batch_size()}, seeds={args.seeds}, "
-        f"augmentation={augment or 'none'}, torch threads={torch.get_num_threads()}\n\n"
+        f"augmentation={augment or 'none'}, pooled features={pool_mode()}, "
+        f"torch threads={torch.get_num_threads()}\n\n"
     )
     print(header + table)
     out = Path(args.out)

@@ -34,7 +34,13 @@ from varjepa.callbacks.augment import NoiseAugmentation
 from varjepa.callbacks.online import FeatureTap, pooled_features
 from varjepa.data import MaskCollator, digits_splits
 from varjepa.eval.corruption import corrupt, corrupt_standardised, corruption_levels, split_tensors
-from varjepa.eval.uncertainty import MaskProtocol, predictive_uncertainty
+from varjepa.eval.uncertainty import (
+    MaskProtocol,
+    predictive_scores,
+    predictive_uncertainty,
+    protocol_masks,
+    protocol_statistics,
+)
 from varjepa.objectives import JEPAOutputs, TargetNLL
 from varjepa.registry import ConfigError
 
@@ -264,7 +270,14 @@ def test_corruption_monitor_matches_scipy_and_sklearn(fitted):
     assert cb.last["corruption/auroc"] == pytest.approx(
         roc_auc_score(u >= np.quantile(u, 0.75), unc), abs=1e-5
     )
-    assert "corruption/spearman" in m  # logged every 2 epochs too
+    sur = res["surprise"]
+    assert cb.last["corruption/surprise_spearman"] == pytest.approx(
+        stats.spearmanr(sur, u).statistic, abs=1e-5
+    )
+    assert cb.last["corruption/surprise_auroc"] == pytest.approx(
+        roc_auc_score(u >= np.quantile(u, 0.75), sur), abs=1e-5
+    )
+    assert "corruption/spearman" in m and "corruption/surprise_auroc" in m  # logged every 2 epochs too
     _, y_test = digits_splits()["test"]
     assert len(u) == len(y_test)
     for name in ("clean", "corrupted"):
@@ -334,8 +347,9 @@ def test_predict_uncertainty_is_batch_independent_and_matches_the_protocol(tiny,
         trainer.predict(model, DigitsDataModule(batch_size=bs))
         preds[bs] = np.load(writer.path)
     a, b = preds[50], preds[360]
-    assert set(a.files) == {"embedding", "uncertainty", "label", "index"}
+    assert set(a.files) == {"embedding", "uncertainty", "surprise", "label", "index"}
     np.testing.assert_allclose(a["uncertainty"], b["uncertainty"], rtol=1e-5)
+    np.testing.assert_allclose(a["surprise"], b["surprise"], rtol=1e-5, atol=1e-6)
     dm = DigitsDataModule()
     dm.setup()
     x, y = split_tensors(dm, "test")
@@ -345,6 +359,27 @@ def test_predict_uncertainty_is_batch_independent_and_matches_the_protocol(tiny,
     # the protocol's seed matters
     other = predictive_uncertainty(model, x, MaskProtocol(3, 6)).numpy()
     assert not np.allclose(other, want)
+    # surprise: the Gaussian negative log-density of the observed target latents (scipy), per
+    # latent dimension, averaged over target tokens and the same 3 mask draws
+    st = protocol_statistics(model, x, MaskProtocol(3, 5))
+    nll = -stats.norm.logpdf(st["target"].double(), st["mean"].double(), st["var"].double().sqrt())
+    sizes = [t.numel() for _, t in protocol_masks(model.masking, model.encoder.grid_size, MaskProtocol(3, 5))]
+    per_draw = [part.mean((1, 2)) for part in np.split(nll, np.cumsum(sizes)[:-1], axis=1)]
+    np.testing.assert_allclose(a["surprise"], np.mean(per_draw, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_dirac_has_no_surprise(tiny):
+    """A point prediction has no density: surprise is NaN and the protocol reports no surprise scores."""
+    model = VarJEPA(**tiny, masking=MASKING, posterior="dirac", objective="jepa", beta=0.0).eval()
+    dm = DigitsDataModule()
+    dm.setup()
+    x, _ = split_tensors(dm, "test", 40)
+    scores = predictive_scores(model, x, MaskProtocol(2, 0))
+    assert scores["surprise"].shape == (40,) and torch.isnan(scores["surprise"]).all()
+    from varjepa.eval.corruption import corruption_protocol
+
+    res = corruption_protocol(model, x, protocol=MaskProtocol(2, 0))
+    assert "surprise_spearman" not in res and "surprise_auroc" not in res
 
 
 # --------------------------------------------------------------------------- corruption maths

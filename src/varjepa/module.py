@@ -369,18 +369,26 @@ class VarJEPA(L.LightningModule):
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
-        """``{"embedding": [B, D], "uncertainty": [B], "label": [B], "index": [B]}``: pooled
-        target-encoder features and the aggregated predictive std under the fixed, seeded mask
-        protocol ``self.uncertainty_protocol`` (a :class:`~varjepa.eval.uncertainty.MaskProtocol`,
-        default 8 draws, seed 0; see :meth:`predictive_uncertainty`)."""
-        out = {
-            "embedding": self.embed(batch["image"]).float(),
-            "uncertainty": self.predictive_uncertainty(batch["image"]),
-        }
+        """``{"embedding": [B, D], "uncertainty": [B], "surprise": [B], "label": [B], "index": [B]}``:
+        pooled target-encoder features, and the aggregated predictive std and predictive surprise
+        under the fixed, seeded mask protocol ``self.uncertainty_protocol`` (a
+        :class:`~varjepa.eval.uncertainty.MaskProtocol`, default 8 draws, seed 0; see
+        :meth:`predictive_scores`)."""
+        out = {"embedding": self.embed(batch["image"]).float(), **self.predictive_scores(batch["image"])}
         for k in ("label", "index"):
             if k in batch:
                 out[k] = batch[k]
         return out
+
+    @torch.no_grad()
+    def predictive_scores(self, images: Tensor, protocol=None) -> dict[str, Tensor]:
+        """``{"uncertainty": [B], "surprise": [B]}`` of ``images`` ``[B, C, H, W]`` under
+        ``protocol`` (as :meth:`predictive_uncertainty`); see
+        :func:`varjepa.eval.uncertainty.predictive_scores`."""
+        from .eval.uncertainty import MaskProtocol, predictive_scores
+
+        protocol = protocol or getattr(self, "uncertainty_protocol", None) or MaskProtocol()
+        return {k: v.float() for k, v in predictive_scores(self, images, protocol).items()}
 
     @torch.no_grad()
     def predictive_uncertainty(self, images: Tensor, protocol=None) -> Tensor:

@@ -264,6 +264,8 @@ class CorruptionMonitor(Callback):
     datamodule (digits by default), every ``every_n_epochs`` validation epochs and at the end of fit.
 
     Logs ``corruption/spearman`` (uncertainty vs u), ``corruption/auroc`` (detecting u ≥ q75),
+    the same for the predictive surprise (``corruption/surprise_{spearman,auroc}``, families with a
+    density),
     ``selective/{clean,corrupted}_acc_w<p>`` (accuracy of a logistic-regression probe on clean
     training features when the most uncertain p % are withheld; the paper's Table 2 protocol), and
     the figures ``corruption/uncertainty_hist`` and ``selective/curve``. Every rank computes the
@@ -323,6 +325,9 @@ class CorruptionMonitor(Callback):
             "corrupted": selective_accuracy(probe.predict(f_corr) == y, res["uncertainty"], self.withheld),
         }
         values = {"corruption/spearman": res["spearman"], "corruption/auroc": res["auroc"]}
+        for k in ("surprise_spearman", "surprise_auroc"):
+            if k in res:
+                values[f"corruption/{k}"] = res[k]
         for name, c in curves.items():
             for f, acc in c.items():
                 values[f"selective/{name}_acc_w{round(100 * f)}"] = acc

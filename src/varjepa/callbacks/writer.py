@@ -15,12 +15,12 @@ class PredictionWriter(BasePredictionWriter):
     """Concatenates every predict batch's dict of tensors and saves them as ``predictions.npz``.
 
     Keys are those ``VarJEPA.predict_step`` returns (``embedding`` [N, D], ``uncertainty`` [N],
-    ``label`` [N], ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
+    ``surprise`` [N], ``label`` [N], ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
 
     Args:
         output_dir: where to write; default the trainer's log dir.
-        uncertainty_draws / uncertainty_seed: the fixed mask protocol of ``uncertainty``
-            (masks per image and their seed).
+        uncertainty_draws / uncertainty_seed: the fixed mask protocol of ``uncertainty`` and
+            ``surprise`` (masks per image and their seed).
     """
 
     def __init__(self, output_dir: str | None = None, uncertainty_draws: int = 8, uncertainty_seed: int = 0):

@@ -4,7 +4,10 @@ Each test image gets a level ``u ~ U(0, 1)`` and becomes ``(1 − λu)·x + λu�
 noise at the data's scale (mean and std of the training pixels) and λ = 0.75, in pixel space,
 before standardisation. The model's predictive uncertainty should rank the images by ``u``:
 reported are Spearman(uncertainty, u) and the AUROC of the uncertainty for detecting
-``u ≥`` its 75th percentile.
+``u ≥`` its 75th percentile. The same two numbers are also reported for the predictive
+*surprise* (negative log-density of the observed target latents; see
+:func:`~varjepa.eval.uncertainty.predictive_scores`): the spread saturates once the context is
+mostly noise, while the surprise keeps growing with the mismatch.
 
 Standardisation ``(x − m)/s`` is affine, so corrupting pixels with ``ε ~ N(m, s²)`` and then
 standardising equals corrupting the standardised image with ``N(0, 1)`` noise;
@@ -26,7 +29,7 @@ from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_auroc
 
-from .uncertainty import MaskProtocol, predictive_uncertainty
+from .uncertainty import MaskProtocol, predictive_scores
 
 LAMBDA = 0.75
 
@@ -101,7 +104,9 @@ def corruption_protocol(
     """Run the protocol on standardised ``images`` ``[N, C, H, W]``.
 
     Returns ``{"spearman", "auroc", "u" [N], "uncertainty" [N] (corrupted), "clean_uncertainty" [N],
-    "corrupted" [N, C, H, W]}`` (arrays as numpy).
+    "surprise" [N], "clean_surprise" [N], "corrupted" [N, C, H, W]}`` (arrays as numpy) and, for
+    families with a density, ``surprise_spearman`` / ``surprise_auroc``: the same detection scores
+    with the predictive surprise (see :func:`~varjepa.eval.uncertainty.predictive_scores`).
     """
     was_training = model.training
     model.eval()
@@ -110,17 +115,27 @@ def corruption_protocol(
     xc = corrupt_standardised(images.cpu(), u, lam, g)
     dev = model.device
 
-    def score(x: Tensor) -> np.ndarray:
+    def score(x: Tensor) -> dict[str, np.ndarray]:
         parts = [
-            predictive_uncertainty(model, x[i : i + batch_size].to(dev), protocol).cpu()
+            predictive_scores(model, x[i : i + batch_size].to(dev), protocol)
             for i in range(0, len(x), batch_size)
         ]
-        return torch.cat(parts).numpy()
+        return {k: torch.cat([p[k].cpu() for p in parts]).numpy() for k in parts[0]}
 
-    unc, clean = score(xc), score(images.cpu())
+    noisy, clean = score(xc), score(images.cpu())
     model.train(was_training)
-    out = detection_scores(unc, u.numpy())
-    out.update(u=u.numpy(), uncertainty=unc, clean_uncertainty=clean, corrupted=xc.numpy())
+    out = detection_scores(noisy["uncertainty"], u.numpy())
+    if np.isfinite(noisy["surprise"]).all():
+        by_surprise = detection_scores(noisy["surprise"], u.numpy())
+        out.update(surprise_spearman=by_surprise["spearman"], surprise_auroc=by_surprise["auroc"])
+    out.update(
+        u=u.numpy(),
+        uncertainty=noisy["uncertainty"],
+        clean_uncertainty=clean["uncertainty"],
+        surprise=noisy["surprise"],
+        clean_surprise=clean["surprise"],
+        corrupted=xc.numpy(),
+    )
     return out
 
 
@@ -141,7 +156,8 @@ def main(args: list[str] | None = None) -> None:
     dm.setup()
     images, _ = split_tensors(dm, a.split)
     res = corruption_protocol(model, images, a.seed, a.lam, MaskProtocol(a.num_draws, a.seed))
-    print(json.dumps({"spearman": res["spearman"], "auroc": res["auroc"], "n": len(images)}))
+    keys = ("spearman", "auroc", "surprise_spearman", "surprise_auroc")
+    print(json.dumps({**{k: res[k] for k in keys if k in res}, "n": len(images)}))
 
 
 if __name__ == "__main__":

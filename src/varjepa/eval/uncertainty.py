@@ -61,16 +61,33 @@ def protocol_outputs(model, images: Tensor, protocol: MaskProtocol | None = None
 
 
 @torch.no_grad()
+def predictive_scores(model, images: Tensor, protocol: MaskProtocol | None = None) -> dict[str, Tensor]:
+    """Two per-image scores ``[B]`` under the protocol, from one forward per mask draw:
+
+    * ``uncertainty``: the family's per-token spread (mean marginal std over latent dimensions),
+      averaged over target tokens and draws: what the model *expects* its error to be;
+    * ``surprise``: the predictive distribution's negative log-density of the target latents the
+      target encoder actually produced, in nats per latent dimension, averaged over target tokens
+      and draws: how badly the prediction explains what is there. It needs no clean reference
+      (context and targets both come from ``images``); NaN for families without a density (dirac).
+    """
+    unc, nll = [], []
+    for out in protocol_outputs(model, images, protocol):
+        unc.append(out.family.uncertainty(out.pred).float().mean(-1))  # [B]
+        if out.family.stochastic:
+            target = out.target.float()
+            nll.append(-out.pred.log_prob(target).float().mean(-1) / target.shape[-1])  # [B]
+    uncertainty = torch.stack(unc).mean(0)
+    surprise = torch.stack(nll).mean(0) if nll else torch.full_like(uncertainty, float("nan"))
+    return {"uncertainty": uncertainty, "surprise": surprise}
+
+
+@torch.no_grad()
 def predictive_uncertainty(model, images: Tensor, protocol: MaskProtocol | None = None) -> Tensor:
     """Aggregated predictive std per image ``[B]``: the family's per-token spread (mean marginal
-    std over latent dimensions), averaged over target tokens and over the protocol's mask draws."""
-    total = None
-    n = 0
-    for out in protocol_outputs(model, images, protocol):
-        u = out.family.uncertainty(out.pred).float().mean(-1)  # [B]
-        total = u if total is None else total + u
-        n += 1
-    return total / n
+    std over latent dimensions), averaged over target tokens and over the protocol's mask draws
+    (``predictive_scores(...)["uncertainty"]``)."""
+    return predictive_scores(model, images, protocol)["uncertainty"]
 
 
 @torch.no_grad()
