@@ -26,20 +26,14 @@ def _encoder(pool: str) -> ViTEncoder:
     return enc
 
 
+def _timm_avg_fc_norm() -> VisionTransformer:
+    """timm's own ViT of the same sizes with ``global_pool="avg"`` and ``fc_norm`` (the reference)."""
+    return VisionTransformer(**CFG, num_classes=0, class_token=False, global_pool="avg", fc_norm=True).eval()
+
+
 def test_avg_norm_pool_equals_timms_avg_pool_with_fc_norm():
     enc = _encoder("avg_norm")
-    ref = VisionTransformer(
-        img_size=8,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        num_classes=0,
-        class_token=False,
-        global_pool="avg",
-        fc_norm=True,
-    ).eval()
+    ref = _timm_avg_fc_norm()
     state = {
         k.replace("norm.", "fc_norm.") if k.startswith("norm.") else k: v
         for k, v in enc.vit.state_dict().items()
@@ -63,7 +57,7 @@ def test_token_avg_pool_is_the_mean_of_forward_tokens():
 
 def test_avg_pool_is_the_mean_of_timms_unnormed_tokens():
     enc = _encoder("avg")
-    ref = VisionTransformer(**CFG, num_classes=0, class_token=False, global_pool="avg", fc_norm=True).eval()
+    ref = _timm_avg_fc_norm()
     res = ref.load_state_dict(enc.vit.state_dict(), strict=False)  # all but the norms: its norm is Identity
     assert set(res.unexpected_keys) == {"norm.weight", "norm.bias"}
     assert set(res.missing_keys) == {"fc_norm.weight", "fc_norm.bias"}

@@ -50,3 +50,42 @@ def test_end_of_fit_probe_runs_when_the_last_epoch_did_not_probe(tmp_path, monke
     # probed at epoch 2 (step 4); the end of fit (step 6) is new weights, so it probes again
     assert calls == [0, 10, 0, 10]
     assert cb.last == {"probe/acc": 0.53, "probe/acc_10pc": 0.54}
+
+
+def test_at_start_probes_the_untrained_encoder(tmp_path):
+    """``at_start``: ``probe/acc_init`` is the probe of the weights the fit started from."""
+    import copy
+
+    import torch
+
+    from varjepa.eval.probes import extract_features, linear_probe
+
+    torch.manual_seed(0)
+    model = VarJEPA(**TINY)
+    untrained = copy.deepcopy(model)
+    dm = DigitsDataModule(batch_size=64)
+    cb = OfflineProbe(every_n_epochs=0, eval_split="test", at_start=True)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, dm)
+    xtr, ytr = extract_features(untrained, dm.plain_dataloader("train"))
+    xte, yte = extract_features(untrained, dm.plain_dataloader("test"))
+    assert cb.initial["probe/acc_init"] == linear_probe(xtr, ytr, xte, yte)
+    assert cb.initial["probe/acc_10pc_init"] == linear_probe(xtr, ytr, xte, yte, per_class=10)
+    assert set(cb.last) == {"probe/acc", "probe/acc_10pc"}  # the end-of-fit probe still ran
+
+
+def test_at_start_is_off_by_default(tmp_path, monkeypatch):
+    cb, calls = _fit(tmp_path, monkeypatch, every_n_epochs=0, epochs=1)
+    assert cb.initial == {} and calls == [0, 10]
