@@ -21,9 +21,15 @@ def _fit(tmp_path, monkeypatch, every_n_epochs: int, epochs: int = 2) -> tuple[O
 
     monkeypatch.setattr(probe_mod, "linear_probe", fake_probe)
     cb = OfflineProbe(every_n_epochs=every_n_epochs, eval_split="test")
-    trainer = L.Trainer(
+    _trainer(tmp_path, cb, epochs, batches=2).fit(VarJEPA(**TINY), DigitsDataModule(batch_size=16))
+    return cb, calls
+
+
+def _trainer(tmp_path, cb: OfflineProbe, epochs: int, batches: int) -> L.Trainer:
+    """A quiet CPU trainer with ``batches`` training batches per epoch and ``cb`` as its callback."""
+    return L.Trainer(
         max_epochs=epochs,
-        limit_train_batches=2,
+        limit_train_batches=batches,
         limit_val_batches=1,
         num_sanity_val_steps=0,
         accelerator="cpu",
@@ -34,8 +40,6 @@ def _fit(tmp_path, monkeypatch, every_n_epochs: int, epochs: int = 2) -> tuple[O
         enable_checkpointing=False,
         default_root_dir=tmp_path,
     )
-    trainer.fit(VarJEPA(**TINY), DigitsDataModule(batch_size=16))
-    return cb, calls
 
 
 def test_end_of_fit_probe_reuses_the_last_validation_probe(tmp_path, monkeypatch):
@@ -65,20 +69,7 @@ def test_at_start_probes_the_untrained_encoder(tmp_path):
     untrained = copy.deepcopy(model)
     dm = DigitsDataModule(batch_size=64)
     cb = OfflineProbe(every_n_epochs=0, eval_split="test", at_start=True)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[cb],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, dm)
+    _trainer(tmp_path, cb, epochs=1, batches=3).fit(model, dm)
     xtr, ytr = extract_features(untrained, dm.plain_dataloader("train"))
     xte, yte = extract_features(untrained, dm.plain_dataloader("test"))
     assert cb.initial["probe/acc_init"] == linear_probe(xtr, ytr, xte, yte)

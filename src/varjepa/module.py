@@ -396,10 +396,7 @@ class VarJEPA(L.LightningModule):
         latent dimensions, target tokens and the mask draws of ``protocol`` (default
         ``self.uncertainty_protocol`` if set, else 8 seeded draws). Every image gets the same masks,
         so its score does not depend on its batch."""
-        from .eval.uncertainty import MaskProtocol, predictive_uncertainty
-
-        protocol = protocol or getattr(self, "uncertainty_protocol", None) or MaskProtocol()
-        return predictive_uncertainty(self, images, protocol).float()
+        return self.predictive_scores(images, protocol)["uncertainty"]
 
     # ------------------------------------------------------- checkpoints and resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

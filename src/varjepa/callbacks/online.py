@@ -44,7 +44,6 @@ class FeatureTap:
         self.handles = [
             encoder.register_forward_pre_hook(self._pre, with_kwargs=True),
             norm.register_forward_hook(self._norm),
-            encoder.register_forward_hook(self._post),
         ]
 
     def _pre(self, module, args, kwargs) -> None:
@@ -57,9 +56,6 @@ class FeatureTap:
         if images is not None and args[0].dim() == 3:
             with torch.no_grad():
                 self.images, self.output = images, self.encoder.pool_features(args[0].detach())
-
-    def _post(self, module, args, output) -> None:
-        self._pending = None
 
     def remove(self) -> None:
         for h in self.handles:
