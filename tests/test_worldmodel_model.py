@@ -189,7 +189,10 @@ def test_bad_model_options(kwargs, words):
 
 
 @pytest.mark.slow
-def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path):
+@pytest.mark.parametrize(
+    "belief, horizon", [("gru", 3), ({"name": "window", "length": 3}, 1)], ids=["gru-k3", "window-k1"]
+)
+def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path, belief, horizon):
     L.seed_everything(0)
     dm = TrajectoryDataModule(
         episodes=40,
@@ -201,7 +204,14 @@ def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path):
         batch_size=32,
     )
     m = LatentWorldModel(
-        latent_dim=8, hidden=32, belief_dim=32, horizon=3, burn_in=3, calibration_horizons=(1, 3), lr=3e-3
+        latent_dim=8,
+        hidden=32,
+        belief_dim=32,
+        belief=belief,
+        horizon=horizon,
+        burn_in=3,
+        calibration_horizons=(1, 3),
+        lr=3e-3,
     )
     dm.setup("fit")
     m.check_data(dm)
@@ -220,7 +230,7 @@ def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path):
     m.eval()
     with torch.no_grad():
         before = LatentWorldModel(
-            latent_dim=8, hidden=32, belief_dim=32, horizon=3, burn_in=3, spaces=m.hparams.spaces
+            latent_dim=8, hidden=32, belief_dim=32, belief=belief, burn_in=3, spaces=m.hparams.spaces
         )
         before.target_encoder.load_state_dict(m.target_encoder.state_dict())
         before.encoder.load_state_dict(m.encoder.state_dict())

@@ -57,6 +57,9 @@ class PosteriorFamily(nn.Module):
     #: whether mean and marginal variance are exact (not sampled); enables closed-form
     #: expected log-likelihoods.
     exact_moments: bool = True
+    #: how many location vectors of size ``dim`` open the head outputs (every family puts its
+    #: location(s) first: one mean, or one per mixture component); read by :meth:`shift`.
+    loc_blocks: int = 1
 
     def __init__(self, dim: int, min_std: float = 1e-3, max_std: float = 20.0, init_std: float = 1.0):
         super().__init__()
@@ -94,6 +97,15 @@ class PosteriorFamily(nn.Module):
             )
         with torch.autocast(device_type=params.device.type, enabled=False), pyro.validation_enabled(False):
             return self.build(params.float())
+
+    def shift(self, params: Tensor, offset: Tensor) -> Tensor:
+        """Head outputs ``[*batch, num_params]`` whose distribution is moved by ``offset``
+        ``[*batch, dim]``: every location (the mean, each mixture component's mean, a flow's base
+        mean) gets ``offset`` added; spreads and weights are unchanged. Lets a predictor output a
+        change (``z_{t+1} − z_t``) instead of the value."""
+        n = self.loc_blocks * self.dim
+        locs = params[..., :n] + offset.repeat(*([1] * (offset.dim() - 1)), self.loc_blocks)
+        return torch.cat([locs, params[..., n:]], -1)
 
     def mean(self, dist: Distribution) -> Tensor:
         """Mean ``[*batch, dim]``."""
@@ -269,6 +281,7 @@ class Mixture(PosteriorFamily):
         if components < 1:
             raise ConfigError(f"model.posterior.components = {components}; must be >= 1")
         self.components = components
+        self.loc_blocks = components
 
     @property
     def num_params(self) -> int:

@@ -1,7 +1,8 @@
 """``LatentWorldModel``: an action-conditioned Var-JEPA over trajectories.
 
 Data path (one way): window of observations and actions → online observation encoder (latents
-``z_t``, layer-normed) → recurrent belief ``h_t`` over ``z_≤t, a_<t`` (GRU) → predictor
+``z_t``, layer-normed) → belief ``h_t`` over ``z_≤t, a_<t`` (GRU or a window of the last latents,
+:mod:`~varjepa.worldmodel.beliefs`) → predictor
 ``p(z_{t+1} | h_t, a_t)`` (any posterior family) → k-step open-loop rollouts by sampling, each
 sample fed back into the belief → ELBO terms against the EMA target encoder's latents
 ``z̄_{t+j}`` of the observed future → logs.
@@ -35,6 +36,7 @@ from ..objectives import ELBO, JEPAOutputs, build_terms, check_finite
 from ..optim import adamw_warmup_cosine
 from ..registry import ConfigError, spec_name
 from ..schedules import build_schedule
+from .beliefs import build_belief
 from .evaluate import RankCoverage, rollout_samples
 from .sampling import sample_from_noise
 from .terms import HazardBCE, ObservationNLL
@@ -60,12 +62,22 @@ class LatentWorldModel(L.LightningModule):
     Args:
         latent_dim: size d of the observation latents.
         hidden: width of the encoder, decoder, predictor and hazard MLPs.
-        belief_dim: size of the recurrent belief ``h_t``.
+        belief_dim: size of the recurrent belief ``h_t`` (``gru`` belief).
+        belief: how the history is summarised: ``gru`` (learned recurrent state of ``belief_dim``
+            units) or ``{name: window, length: n}`` (the last n latents and actions, stacked); see
+            :mod:`~varjepa.worldmodel.beliefs`.
+        residual: the predictor outputs the change from the newest latent: ``p(z_{t+1} | h_t, a_t)``
+            is the head's distribution moved by ``z_t`` (every location, see
+            :meth:`~varjepa.distributions.PosteriorFamily.shift`). Needs a belief that keeps
+            ``z_t`` (``window``). Persistence (``z_{t+1} ≈ z_t``) is then the zero output, and a jump
+            in ``z_t`` moves the whole prediction with it.
         encoder_depth: hidden layers of the observation encoder.
         posterior: family of ``p(z_{t+1} | h_t, a_t)`` (registry name, ``{name, **opts}``).
         prior / likelihood / objective / beta: as for :class:`~varjepa.VarJEPA`.
         regularizers: optional anti-collapse terms on the online latents (``sigreg``, ``vicreg``).
-        horizon: k, steps of the open-loop training rollouts.
+        horizon: k, steps of the open-loop training rollouts. ``horizon: 1`` trains one step ahead
+            on observed histories only (teacher forcing); multi-step predictions are then made by
+            feeding samples back, as in PETS.
         burn_in: observations the belief filters before the first rollout starts.
         reconstruction_weight: weight of the ``rec`` term (0 drops the decoder).
         hazard_weight: weight of the ``hazard`` term (0 drops the hazard head, e.g. Pendulum).
@@ -86,6 +98,8 @@ class LatentWorldModel(L.LightningModule):
         latent_dim: int = 16,
         hidden: int = 128,
         belief_dim: int = 128,
+        belief: Spec = "gru",
+        residual: bool = False,
         encoder_depth: int = 2,
         posterior: Spec = "diag_gaussian",
         prior: Spec = "standard_normal",
@@ -123,6 +137,12 @@ class LatentWorldModel(L.LightningModule):
             raise ConfigError("model.reconstruction_weight and model.hazard_weight must be >= 0")
         if any(k < 1 for k in calibration_horizons) or calibration_samples < 2:
             raise ConfigError("model.calibration_horizons must be >= 1 and calibration_samples >= 2")
+        keeps_latest = build_belief(belief, latent_dim, 1, belief_dim).keeps_latest  # bad specs fail here
+        if residual and not keeps_latest:
+            raise ConfigError(
+                f"model.residual = true needs a belief that keeps the newest latent (window), "
+                f"got model.belief = {spec_name(belief)!r}"
+            )
         self.family: PosteriorFamily = POSTERIORS.build(posterior, "model.posterior", dim=latent_dim)
         prior_mod = PRIORS.build(prior, "model.prior", dim=latent_dim)
         lik_mod = LIKELIHOODS.build(likelihood, "model.likelihood", dim=latent_dim)
@@ -175,8 +195,8 @@ class LatentWorldModel(L.LightningModule):
         self.register_buffer("action_half", (high - low) / 2)
         self.encoder = mlp([n_obs] + [H] * hp.encoder_depth + [d])
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-        self.belief = nn.GRUCell(d + n_act, hp.belief_dim)
-        self.head = mlp([hp.belief_dim + n_act, H, H, self.family.num_params])
+        self.belief = build_belief(hp.belief, d, n_act, hp.belief_dim)
+        self.head = mlp([self.belief.size + n_act, H, H, self.family.num_params])
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self.decoder = mlp([d, H, n_obs]) if hp.reconstruction_weight > 0 else None
@@ -276,13 +296,13 @@ class LatentWorldModel(L.LightningModule):
         return F.layer_norm(h, (h.shape[-1],))
 
     def initial_belief(self, n: int) -> Tensor:
-        """Zero belief ``[n, belief_dim]``."""
-        return torch.zeros(n, self.hparams.belief_dim, device=self.obs_mean.device)
+        """The belief before any observation ``[n, belief.size]``."""
+        return self.belief.initial(n, self.obs_mean.device)
 
     def update_belief(self, h: Tensor, z: Tensor, prev_action: Tensor) -> Tensor:
-        """``h_t = GRU([z_t, a_{t−1}], h_{t−1})``: ``h`` ``[N, belief]``, ``z`` ``[N, d]``, ``prev_action``
-        ``[N, A]`` in ``[-1, 1]`` units (zeros before the first action)."""
-        return self.belief(torch.cat([z, prev_action], -1), h)
+        """``h_t`` from ``h_{t−1}`` ``[N, belief.size]``, the latent ``z_t`` ``[N, d]`` and ``prev_action``
+        ``a_{t−1}`` ``[N, A]`` in ``[-1, 1]`` units (zeros before the first action)."""
+        return self.belief.update(h, z, prev_action)
 
     def filter(self, z: Tensor, actions: Tensor) -> Tensor:
         """Beliefs ``[B, W, belief]`` after each of the latents ``z`` ``[B, W, d]``, given the normalised
@@ -296,9 +316,17 @@ class LatentWorldModel(L.LightningModule):
             out.append(h)
         return torch.stack(out, 1)
 
+    def predict_params(self, h: Tensor, action: Tensor) -> Tensor:
+        """The family's parameters ``[N, P]`` of ``p(z_{t+1} | h_t, a_t)`` for beliefs ``[N, belief]``
+        and normalised actions ``[N, A]`` (moved by ``z_t`` when ``residual``)."""
+        params = self.head(torch.cat([h, action], -1))
+        if self.hparams.residual:
+            params = self.family.shift(params, self.belief.latest(h))
+        return params
+
     def predict(self, h: Tensor, action: Tensor) -> Distribution:
         """``p(z_{t+1} | h_t, a_t)``: batch ``[N]``, event ``[d]`` (fp32)."""
-        return self.family(self.head(torch.cat([h, action], -1)))
+        return self.family(self.predict_params(h, action))
 
     def imagine(
         self, h: Tensor, actions: Tensor, sample: bool = True, noise: tuple[Tensor, Tensor] | None = None
@@ -313,7 +341,7 @@ class LatentWorldModel(L.LightningModule):
         params, zs = [], []
         for j in range(actions.shape[1]):
             a = actions[:, j]
-            p = self.head(torch.cat([h, a], -1))
+            p = self.predict_params(h, a)
             dist = self.family(p)
             z = None
             if sample and self.family.stochastic and noise is not None:
