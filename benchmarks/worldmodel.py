@@ -66,6 +66,38 @@ def calibration(model, data_cfg: dict, horizons=(1, 5, 10)) -> dict[str, float]:
     return k_step_calibration(model, batch, horizons=horizons, n=199)
 
 
+def paired_violations(rows: list[dict]) -> list[dict]:
+    """Per planner, each objective against ``expected`` on the same seeded episodes: episodes that
+    only one of the two ends in the hazard, the cut ``1 − v_obj / v_expected`` and the exact
+    two-sided McNemar p-value (binomial test on the discordant episodes)."""
+    from scipy.stats import binomtest
+
+    out = []
+    for r in rows:
+        if r["objective"] == "expected":
+            continue
+        base = next(b for b in rows if b["planner"] == r["planner"] and b["objective"] == "expected")
+        haz_b = {e.seed: e.hazard for e in base["episodes_detail"]}
+        haz_r = {e.seed: e.hazard for e in r["episodes_detail"]}
+        only_b = sum(haz_b[s] and not haz_r[s] for s in haz_r)
+        only_r = sum(haz_r[s] and not haz_b[s] for s in haz_r)
+        n_b, n_r = sum(haz_b.values()), sum(haz_r.values())
+        p = binomtest(only_b, only_b + only_r).pvalue if only_b + only_r else 1.0
+        out.append(
+            {
+                "planner": r["planner"],
+                "objective": r["objective"],
+                "violations_expected": n_b,
+                "violations": n_r,
+                "only_expected": only_b,
+                "only_objective": only_r,
+                "cut": 1 - n_r / n_b if n_b else float("nan"),
+                "mcnemar_p": p,
+            }
+        )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs/worldmodel/windy_point.yaml"))
@@ -94,9 +126,12 @@ def main() -> None:
             torch.set_num_threads(1)
             cal = calibration(model, data_cfg)
             rows = evaluate_planners(model, settings)
+            paired = paired_violations(rows)
             for r in rows:
                 r.pop("episodes_detail")
-            results.append({"family": fam, "fit_s": fit_s, "calibration": cal, "planning": rows})
+            results.append(
+                {"family": fam, "fit_s": fit_s, "calibration": cal, "planning": rows, "paired": paired}
+            )
             print(f"\n## {fam}: fit {fit_s:.0f} s\n")
             print(" | ".join(f"{k} {v:.3f}" for k, v in cal.items()))
             print(table_markdown(rows, settings.worst_share))
@@ -136,6 +171,17 @@ def main() -> None:
             f"## Planning with the {r['family']} model",
             "",
             table_markdown(r["planning"], settings.worst_share),
+            "",
+            "Paired against `expected` on the same episodes: violations, episodes only one of the two "
+            "ends in the hazard, the cut in violations and the exact McNemar p-value.",
+            "",
+            "| planner | objective | violations (expected → objective) | only expected | only objective | cut | McNemar p |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {q['planner']} | {q['objective']} | {q['violations_expected']} → {q['violations']} | "
+            f"{q['only_expected']} | {q['only_objective']} | {q['cut']:.0%} | {q['mcnemar_p']:.2f} |"
+            for q in r.get("paired", [])
         ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")

@@ -179,9 +179,9 @@ def test_plan_refuses_a_checkpoint_that_is_not_a_world_model(tmp_path, capsys):
 
 def test_fit_rejects_a_window_shorter_than_burn_in_plus_horizon(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main([*_fit_args(tmp_path), "--data.init_args.window=6"])
+        main([*_fit_args(tmp_path), "--data.init_args.window=4"])
     assert e.value.code == 2
-    assert "data.window = 6 but model.burn_in + model.horizon = 9" in capsys.readouterr().err
+    assert "data.window = 4 but model.burn_in + model.horizon = 5" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
