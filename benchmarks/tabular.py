@@ -22,6 +22,7 @@ from the existing JSON (e.g. rerun only the tables).
     python benchmarks/tabular.py                       # everything (about an hour on one thread)
     python benchmarks/tabular.py --only sim --seeds 0  # the simulation rows only (2 minutes)
     python benchmarks/tabular.py --only breast_cancer digits --merge  # tables, keep the sim rows
+    python benchmarks/tabular.py --only breast_cancer --cache /tmp/tabcache  # reuse trained models
 """
 
 from __future__ import annotations
@@ -88,18 +89,43 @@ def sim_row(overlay: str | None, seed: int) -> dict:
     }
 
 
-def table_rows(name: str, seed: int) -> dict:
-    """Downstream results of embeddings and raw features on one table."""
-    from varjepa.tabular import extract, one_hot_features
-    from varjepa.tabular.evaluate import evaluate_features
+CACHE: list[Path] = []  # --cache DIR: trained-model outputs per (table, seed), reused if present
+CACHED = ("embedding", "label", "raw", "predictive_std", "posterior_std")
 
+
+def table_arrays(name: str, seed: int) -> tuple[dict, dict, float]:
+    """Train on table ``name`` with ``seed`` and return the train and test splits' arrays
+    (``embedding``, ``label``, ``raw`` = one-hot raw features, ``predictive_std``,
+    ``posterior_std``) and the training seconds; with ``--cache`` they are read from / written to
+    ``<cache>/<name>_seed<seed>.npz`` (delete the file after changing the config)."""
+    from varjepa.tabular import extract, one_hot_features
+
+    path = CACHE[0] / f"{name}_seed{seed}.npz" if CACHE and not QUICK else None
+    if path is not None and path.exists():
+        z = np.load(path)
+        split = {s: {k: z[f"{s}_{k}"] for k in CACHED} for s in ("train", "test")}
+        return split["train"], split["test"], float(z["train_seconds"])
     t = time.time()
     extra = ["--data.init_args.seed", str(seed)] + (["--trainer.max_steps", "6"] if QUICK else [])
     cli = fit([f"configs/tabular/{name}.yaml"], seed, extra)
     train_s = time.time() - t
     dm = cli.datamodule
-    tr = extract(cli.model, dm.plain_dataloader("train"))
-    te = extract(cli.model, dm.plain_dataloader("test"))
+    split = {s: extract(cli.model, dm.plain_dataloader(s)) for s in ("train", "test")}
+    for d in split.values():
+        d["raw"] = one_hot_features(d.pop("values"), dm.schema)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flat = {f"{s}_{k}": split[s][k] for s in split for k in CACHED}
+        np.savez(path, train_seconds=train_s, **flat)
+    return split["train"], split["test"], train_s
+
+
+def table_rows(name: str, seed: int) -> dict:
+    """Downstream results of embeddings and raw features on one table."""
+    from varjepa.tabular.evaluate import evaluate_features
+
+    t = time.time()
+    tr, te, train_s = table_arrays(name, seed)
     emb = evaluate_features(
         tr["embedding"],
         tr["label"],
@@ -109,14 +135,7 @@ def table_rows(name: str, seed: int) -> dict:
         extra_uncertainty={"model": te["predictive_std"], "posterior": te["posterior_std"]},
         keep_correct=True,
     )
-    raw = evaluate_features(
-        one_hot_features(tr["values"], dm.schema),
-        tr["label"],
-        one_hot_features(te["values"], dm.schema),
-        te["label"],
-        seed=seed,
-        keep_correct=True,
-    )
+    raw = evaluate_features(tr["raw"], tr["label"], te["raw"], te["label"], seed=seed, keep_correct=True)
     # paired comparison per model: test rows only raw features get right / only the embedding does
     paired = {}
     for m in emb:
@@ -236,9 +255,17 @@ def main() -> None:
     ap.add_argument(
         "--merge", action="store_true", help="keep the parts not run from the existing --out JSON"
     )
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="folder for the tables' trained-model outputs per (table, seed): reused if present, "
+        "so the downstream scoring can be rerun without retraining",
+    )
     args = ap.parse_args()
     if args.quick:
         QUICK.append("on")
+    if args.cache:
+        CACHE.append(Path(args.cache))
     sys.argv = sys.argv[:1]  # the CLI runs below read their own arguments
     out = Path(args.out)
     res: dict = {"seeds": args.seeds}
