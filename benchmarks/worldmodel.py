@@ -43,11 +43,16 @@ def _as_arg(spec) -> str:
 
 
 def train(config: Path, family: str, steps: int | None, workdir: Path) -> Path:
-    """Fit the config's world model with ``family``; returns the last checkpoint."""
+    """Fit the config's world model with ``family`` (the config's own options when it names the
+    config's family, else :data:`FAMILY_SPECS`); returns the last checkpoint."""
+    own = yaml.safe_load(Path(config).read_text())["model"]["init_args"].get("posterior")
+    own_name = own if isinstance(own, str) else (own or {}).get("name")
+    # the config's own family keeps the config's options (e.g. its number of components)
+    spec = own if family == own_name else FAMILY_SPECS.get(family, family)
     args = [
         "fit",
         f"--config={config}",
-        f"--model.init_args.posterior={_as_arg(FAMILY_SPECS.get(family, family))}",
+        f"--model.init_args.posterior={_as_arg(spec)}",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={workdir}",
         f"--trainer.logger.init_args.name={family}",
