@@ -116,7 +116,9 @@ def table_arrays(name: str, seed: int) -> tuple[dict, dict, float]:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {f"{s}_{k}": split[s][k] for s in split for k in CACHED}
-        np.savez(path, train_seconds=train_s, **flat)
+        tmp = path.with_suffix(".tmp.npz")  # written whole, then renamed: no half-written cache
+        np.savez(tmp, train_seconds=train_s, **flat)
+        os.replace(tmp, path)
     return split["train"], split["test"], train_s
 
 
@@ -162,19 +164,13 @@ def mean_over(runs: list[dict], *path) -> tuple[float, float]:
     return float(np.mean(vals)), float(np.std(vals))
 
 
-def mcnemar(a: int, b: int) -> float:
-    """Exact two-sided McNemar p-value for ``a`` vs ``b`` discordant pairs (binomial, p = 1/2)."""
-    from math import comb
-
-    n, k = a + b, min(a, b)
-    return 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
-
-
 def fmt(m: float, s: float, n: int) -> str:
     return f"{m:.3f}" if n == 1 else f"{m:.3f} ± {s:.3f}"
 
 
 def markdown(res: dict) -> str:
+    from varjepa.eval.paired import mcnemar_exact
+
     out = ["# Var-T-JEPA benchmark", ""]
     seeds = res["seeds"]
     n = len(seeds)
@@ -224,7 +220,7 @@ def markdown(res: dict) -> str:
             for model in ("logreg", "mlp", "gbt"):
                 a = sum(r["paired"][model]["raw_only"] for r in runs)
                 b = sum(r["paired"][model]["embedding_only"] for r in runs)
-                out.append(f"| {model} | {a} | {b} | {b - a:+d} | {mcnemar(a, b):.2f} |")
+                out.append(f"| {model} | {a} | {b} | {b - a:+d} | {mcnemar_exact(a, b):.2f} |")
         out += [
             "",
             "Rows withheld by Var-T-JEPA's own uncertainty instead (embedding + logreg): predictor std "

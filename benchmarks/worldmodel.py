@@ -75,7 +75,7 @@ def paired_violations(rows: list[dict]) -> list[dict]:
     """Per planner, each objective against ``expected`` on the same seeded episodes: episodes that
     only one of the two ends in the hazard, the cut ``1 − v_obj / v_expected`` and the exact
     two-sided McNemar p-value (binomial test on the discordant episodes)."""
-    from scipy.stats import binomtest
+    from varjepa.eval.paired import mcnemar_exact
 
     out = []
     for r in rows:
@@ -87,7 +87,6 @@ def paired_violations(rows: list[dict]) -> list[dict]:
         only_b = sum(haz_b[s] and not haz_r[s] for s in haz_r)
         only_r = sum(haz_r[s] and not haz_b[s] for s in haz_r)
         n_b, n_r = sum(haz_b.values()), sum(haz_r.values())
-        p = binomtest(only_b, only_b + only_r).pvalue if only_b + only_r else 1.0
         out.append(
             {
                 "planner": r["planner"],
@@ -97,7 +96,7 @@ def paired_violations(rows: list[dict]) -> list[dict]:
                 "only_expected": only_b,
                 "only_objective": only_r,
                 "cut": 1 - n_r / n_b if n_b else float("nan"),
-                "mcnemar_p": p,
+                "mcnemar_p": mcnemar_exact(only_b, only_r),
             }
         )
     return out

@@ -81,3 +81,13 @@ def test_benchmark_pairs_violations_by_seed_and_tests_them_exactly():
     # exact two-sided binomial p of 5 vs 1 discordant episodes: 2·(C(6,0) + C(6,1)) / 2^6
     assert cem["mcnemar_p"] == pytest.approx(2 * (1 + 6) / 64)
     assert mppi["mcnemar_p"] == 1.0 and np.isnan(mppi["cut"])
+
+
+def test_exact_mcnemar_matches_scipys_binomial_test():
+    from scipy.stats import binomtest
+
+    from varjepa.eval.paired import mcnemar_exact
+
+    for a, b in [(5, 1), (8, 2), (0, 7), (3, 3), (12, 17), (21, 10)]:
+        assert mcnemar_exact(a, b) == pytest.approx(binomtest(a, a + b).pvalue)
+    assert mcnemar_exact(0, 0) == 1.0

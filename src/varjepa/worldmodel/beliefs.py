@@ -75,6 +75,8 @@ class WindowBelief(Belief):
     length · (d + A + 1)``. ``seen`` is 1 for slots that hold an observation, 0 for the padding
     before the episode's first ``length`` observations."""
 
+    keeps_latest = True
+
     def __init__(self, latent_dim: int, action_dim: int, length: int = 4):
         super().__init__()
         if length < 1:
@@ -85,8 +87,6 @@ class WindowBelief(Belief):
     def update(self, h: Tensor, z: Tensor, prev_action: Tensor) -> Tensor:
         new = torch.cat([z, prev_action, z.new_ones(z.shape[0], 1)], -1)
         return torch.cat([h[:, self.slot :], new], -1)
-
-    keeps_latest = True
 
     def latest(self, h: Tensor) -> Tensor:
         start = self.size - self.slot
