@@ -124,6 +124,33 @@ def test_online_knn_equals_sklearn_on_the_final_embeddings(fitted):
     assert float(m["online/knn_acc"]) == pytest.approx(clf.score(fva, yva.numpy()), abs=1e-6)
 
 
+def test_probes_and_monitors_read_quadrant_pooled_features(tmp_path):
+    """``pool: avg_2x2`` gives 4·D features: the online probe's head, kNN and RankMe use that size,
+    and the logged accuracies are those of the final embeddings."""
+    from conftest import TINY_ENCODER, TINY_PREDICTOR
+
+    torch.manual_seed(0)
+    enc = {**TINY_ENCODER, "pool": "avg_2x2"}
+    model = _model({"encoder": enc, "predictor": dict(TINY_PREDICTOR)}, ema=None)
+    assert (model.latent_dim, model.embedding_dim) == (32, 128)
+    dm = DigitsDataModule(batch_size=431)
+    probe, knn, collapse = OnlineLinearProbe(lr=0.05), OnlineKNN(), CollapseMonitor(min_rank=0.1)
+    trainer = _trainer(tmp_path, [probe, knn, collapse], max_epochs=2, log_every_n_steps=1)
+    trainer.fit(model, dm)
+    m = trainer.callback_metrics
+    assert probe.head.in_features == 128
+    xva, yva = split_tensors(dm, "val")
+    model.eval()
+    with torch.no_grad():
+        fva = model.embed(xva)
+        assert fva.shape == (len(xva), 128)
+        acc = (probe.head(fva).argmax(1) == yva).float().mean()
+    assert float(m["online/linear_acc"]) == pytest.approx(float(acc), abs=1e-6)
+    s = torch.linalg.svdvals(fva.double())
+    p = s / s.sum() + 1e-7
+    assert float(m["collapse/rankme"]) == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-3)
+
+
 def test_online_linear_probe_is_logged_and_detached(fitted):
     m = fitted["trainer"].callback_metrics
     probe = fitted["cbs"]["probe"]
@@ -149,7 +176,7 @@ def test_online_linear_probe_is_logged_and_detached(fitted):
 class _FeatureModel(torch.nn.Module):
     """A stand-in LightningModule whose pooled features are its inputs (for probe unit tests)."""
 
-    latent_dim = 8
+    latent_dim = embedding_dim = 8
 
     def __init__(self):
         super().__init__()

@@ -66,7 +66,31 @@ def test_avg_pool_is_the_mean_of_timms_unnormed_tokens():
         torch.testing.assert_close(enc.pool(x), ref.forward_features(x).mean(1), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["avg", "avg_norm", "token_avg"])
+def test_avg_2x2_pool_is_the_quadrant_means_of_timms_unnormed_tokens():
+    """4 x 4 patch grid: each quadrant's 2 x 2 tokens, picked by (row, column), averaged; concatenated
+    top-left, top-right, bottom-left, bottom-right."""
+    enc = _encoder("avg_2x2")
+    assert enc.pooled_dim == 4 * 32
+    ref = _timm_avg_fc_norm()
+    ref.load_state_dict(enc.vit.state_dict(), strict=False)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        tokens = ref.forward_features(x)  # [5, 16, 32], patch n at row n // 4, column n % 4
+        quads = []
+        for rows, cols in (((0, 1), (0, 1)), ((0, 1), (2, 3)), ((2, 3), (0, 1)), ((2, 3), (2, 3))):
+            picked = [tokens[:, 4 * r + c] for r in rows for c in cols]
+            quads.append(torch.stack(picked).mean(0))
+        torch.testing.assert_close(enc.pool(x), torch.cat(quads, 1), atol=1e-5, rtol=1e-5)
+        # the quadrants average to the global mean (the `avg` pool)
+        torch.testing.assert_close(enc.pool(x).view(5, 4, 32).mean(1), tokens.mean(1), atol=1e-5, rtol=1e-5)
+
+
+def test_avg_2x2_pool_needs_an_even_grid():
+    with pytest.raises(ConfigError, match=r"'avg_2x2' needs an even patch grid.*3 x 3"):
+        ViTEncoder(EncoderConfig(**{**CFG, "img_size": 6}, pool="avg_2x2"))
+
+
+@pytest.mark.parametrize("pool", ["avg", "avg_norm", "token_avg", "avg_2x2"])
 def test_feature_tap_pools_full_image_calls_only(pool):
     enc = _encoder(pool)
     tap = FeatureTap(enc)
@@ -86,7 +110,7 @@ def test_feature_tap_pools_full_image_calls_only(pool):
 
 
 def test_unknown_pool_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model.encoder.pool = 'max'.*allowed: avg, avg_norm, token_avg"):
+    with pytest.raises(ConfigError, match=r"model.encoder.pool = 'max'.*allowed: avg, avg_norm, token_avg, avg_2x2"):
         ViTEncoder(EncoderConfig(**CFG, pool="max"))
 
 

@@ -132,7 +132,8 @@ class VarJEPA(L.LightningModule):
         self.encoder = ViTEncoder(enc_cfg)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         d = self.encoder.embed_dim
-        self.latent_dim = d
+        self.latent_dim = d  # size of a token latent
+        self.embedding_dim = self.encoder.pooled_dim  # size of :meth:`embed`'s features
 
         # distributions
         self.family: PosteriorFamily = POSTERIORS.build(posterior, "model.posterior", dim=d)
@@ -244,9 +245,8 @@ class VarJEPA(L.LightningModule):
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        """Pooled target-encoder features ``[B, D]`` of ``images`` ``[B, C, H, W]`` for probes
-        (``model.encoder.pool``: by default the mean of the last block's patch tokens, then the
-        final norm)."""
+        """Pooled target-encoder features ``[B, embedding_dim]`` of ``images`` ``[B, C, H, W]`` for
+        probes (``model.encoder.pool``: by default the mean of the last block's patch tokens)."""
         return self.target_encoder.pool(images)
 
     def forward(self, batch: dict[str, Tensor]) -> JEPAOutputs:

@@ -242,7 +242,7 @@ class CollapseMonitor(Callback):
         if trainer.sanity_checking:
             return
         _log_metrics(pl_module, values)
-        thr = self.threshold(int(s["n"]), pl_module.latent_dim)
+        thr = self.threshold(int(s["n"]), pl_module.embedding_dim)
         if values["collapse/rankme"] < thr:
             self.warnings += 1
             rank_zero_warn(

@@ -134,9 +134,9 @@ class OnlineLinearProbe(Callback):
             raise ValueError("OnlineLinearProbe: give num_classes (the datamodule has no num_classes)")
         if self.head is None:
             g = torch.Generator().manual_seed(self.seed)
-            self.head = nn.Linear(pl_module.latent_dim, c)
+            self.head = nn.Linear(pl_module.embedding_dim, c)
             with torch.no_grad():
-                bound = 1 / pl_module.latent_dim**0.5
+                bound = 1 / pl_module.embedding_dim**0.5
                 self.head.weight.uniform_(-bound, bound, generator=g)
                 self.head.bias.zero_()
             self.optimizer = torch.optim.AdamW(

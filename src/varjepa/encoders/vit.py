@@ -50,7 +50,13 @@ POOLS = {
     "avg_norm": "mean of the last block's patch tokens, then the final norm (timm's "
     "global_pool='avg' with fc_norm, as in MAE/BEiT linear probing)",
     "token_avg": "mean of the final-normed patch tokens (timm's global_pool='avg' without fc_norm)",
+    "avg_2x2": "means of the last block's patch tokens over the 2 x 2 quadrants of the patch grid, "
+    "concatenated (top-left, top-right, bottom-left, bottom-right): 4·D features that keep where "
+    "each part of the image is (one level of a spatial pyramid; needs an even grid)",
 }
+
+#: pooled feature size per token dimension D, for modes that are not one D-vector
+POOL_WIDTH = {"avg_2x2": 4}
 
 
 class ViTEncoder(nn.Module):
@@ -112,6 +118,14 @@ class ViTEncoder(nn.Module):
         self.grid_size: tuple[int, int] = tuple(vit.patch_embed.grid_size)
         self.num_patches: int = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens: int = vit.num_prefix_tokens
+        if cfg.pool == "avg_2x2" and (self.grid_size[0] % 2 or self.grid_size[1] % 2):
+            raise ConfigError(
+                f"model.encoder.pool = 'avg_2x2' needs an even patch grid; this encoder's grid is "
+                f"{self.grid_size[0]} x {self.grid_size[1]} (img_size / patch_size): change the "
+                "sizes or pick another pool"
+            )
+        #: size of :meth:`pool`'s features
+        self.pooled_dim: int = self.embed_dim * POOL_WIDTH.get(cfg.pool, 1)
 
     def features(self, images: Tensor, idx: Tensor | None = None) -> Tensor:
         """The final norm's input: all tokens (prefix first) ``[B, P + K or N, D]`` of ``images``
@@ -130,14 +144,18 @@ class ViTEncoder(nn.Module):
         return self.vit.norm(self.features(images, idx))[:, self.num_prefix_tokens :]
 
     def pool_features(self, feats: Tensor) -> Tensor:
-        """Pooled features ``[B, D]`` from :meth:`features` ``[B, P + N, D]`` of whole images
-        (see :data:`POOLS`)."""
+        """Pooled features ``[B, pooled_dim]`` from :meth:`features` ``[B, P + N, D]`` of whole
+        images (see :data:`POOLS`)."""
         p = self.num_prefix_tokens
         if self.pool_mode == "token_avg":
             return self.vit.norm(feats)[:, p:].mean(1)
+        if self.pool_mode == "avg_2x2":
+            (gh, gw), (b, d) = self.grid_size, (feats.shape[0], feats.shape[-1])
+            grid = feats[:, p:].reshape(b, 2, gh // 2, 2, gw // 2, d)  # tokens are row-major
+            return grid.mean((2, 4)).flatten(1)
         pooled = feats[:, p:].mean(1)
         return self.vit.norm(pooled) if self.pool_mode == "avg_norm" else pooled
 
     def pool(self, images: Tensor) -> Tensor:
-        """Pooled features ``[B, D]`` of whole images ``[B, C, H, W]`` (see :data:`POOLS`)."""
+        """Pooled features ``[B, pooled_dim]`` of whole images ``[B, C, H, W]`` (see :data:`POOLS`)."""
         return self.pool_features(self.features(images))
