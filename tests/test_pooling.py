@@ -110,7 +110,9 @@ def test_feature_tap_pools_full_image_calls_only(pool):
 
 
 def test_unknown_pool_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model.encoder.pool = 'max'.*allowed: avg, avg_norm, token_avg, avg_2x2"):
+    with pytest.raises(
+        ConfigError, match=r"model.encoder.pool = 'max'.*allowed: avg, avg_norm, token_avg, avg_2x2"
+    ):
         ViTEncoder(EncoderConfig(**CFG, pool="max"))
 
 
