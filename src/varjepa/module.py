@@ -369,9 +369,9 @@ class VarJEPA(L.LightningModule):
     def predict_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Tensor]:
-        """``{"embedding": [B, D], "uncertainty": [B], "surprise": [B], "label": [B], "index": [B]}``:
-        pooled target-encoder features, and the aggregated predictive std and predictive surprise
-        under the fixed, seeded mask protocol ``self.uncertainty_protocol`` (a
+        """``{"embedding": [B, E], "uncertainty": [B], "surprise": [B], "label": [B], "index": [B]}``:
+        pooled target-encoder features (E = ``embedding_dim``), and the aggregated predictive std
+        and predictive surprise under the fixed, seeded mask protocol ``self.uncertainty_protocol`` (a
         :class:`~varjepa.eval.uncertainty.MaskProtocol`, default 8 draws, seed 0; see
         :meth:`predictive_scores`)."""
         out = {"embedding": self.embed(batch["image"]).float(), **self.predictive_scores(batch["image"])}

@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info
 class PredictionWriter(BasePredictionWriter):
     """Concatenates every predict batch's dict of tensors and saves them as ``predictions.npz``.
 
-    Keys are those ``VarJEPA.predict_step`` returns (``embedding`` [N, D], ``uncertainty`` [N],
-    ``surprise`` [N], ``label`` [N], ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
+    Keys are those ``VarJEPA.predict_step`` returns (``embedding`` [N, E] with E the model's
+    ``embedding_dim``, ``uncertainty`` [N], ``surprise`` [N], ``label`` [N], ``index`` [N], ...). Under DDP each rank writes ``predictions_rank<k>.npz``.
 
     Args:
         output_dir: where to write; default the trainer's log dir.
