@@ -28,6 +28,9 @@ TINY = [
     "--model.predictor.depth=1",
     "--model.predictor.num_heads=2",
 ]
+# the family smoke runs pool globally: a cross-validated probe on 4·D quadrant features of a barely
+# trained encoder takes a minute, and pooling has its own tests (the predict test keeps avg_2x2)
+GLOBAL_POOL = ["--model.encoder.pool=avg"]
 
 
 def _fit_args(config: str, save_dir: Path, steps: int = 4) -> list[str]:
@@ -55,7 +58,7 @@ def _scalars(log_dir: Path) -> dict[str, list[float]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fit_every_family_config(family, tmp_path):
-    cli = run(_fit_args(f"configs/families/{family}.yaml", tmp_path))
+    cli = run([*_fit_args(f"configs/families/{family}.yaml", tmp_path), *GLOBAL_POOL])
     m = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 4
     assert torch.isfinite(m["train/loss"]) and torch.isfinite(m["val/loss"])
@@ -138,7 +141,9 @@ def test_predict_writes_embeddings_of_the_test_split(tmp_path):
     assert {"embedding", "label", "index"} <= set(data.files)
     if "uncertainty" in data.files:  # written when the model provides predictive uncertainty
         assert data["uncertainty"].shape == (len(y_test),) and (data["uncertainty"] > 0).all()
-    assert data["embedding"].shape == (len(y_test), 32)
+    # the quickstart pools 2 x 2 quadrants: 4 x the tiny encoder's 32 dimensions
+    assert cli.model.embedding_dim == 4 * 32
+    assert data["embedding"].shape == (len(y_test), 4 * 32)
     np.testing.assert_array_equal(data["label"], y_test)
     np.testing.assert_array_equal(data["index"], np.arange(len(y_test)))
     # the embeddings are the checkpoint's target encoder's pooled features

@@ -61,7 +61,7 @@ def fit_linear_probe(
         cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     else:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    search = GridSearchCV(clf, {"logisticregression__C": list(cs)}, cv=cv)
+    search = GridSearchCV(clf, {"logisticregression__C": list(cs)}, cv=cv, n_jobs=-1)  # folds in parallel
     return search.fit(x_train, y_train).best_estimator_
 
 
