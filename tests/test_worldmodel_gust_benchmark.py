@@ -1,0 +1,43 @@
+"""benchmarks/worldmodel_gust.py: window features and gust flags of hand-made episodes."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "worldmodel_gust.py"
+spec = importlib.util.spec_from_file_location("worldmodel_gust_benchmark", PATH)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def _rollouts():
+    """One 8-step episode: y velocity −0.01 per step, then a gust of −0.2 between steps 4 and 5
+    that decays with damping 0.6; observations = positions + 100·step in x (to tell them apart)."""
+    vy = np.array([-0.01, -0.01, -0.01, -0.01, -0.2, -0.12, -0.072, -0.0432])
+    pos = np.zeros((1, 9, 2))
+    pos[0, 1:, 1] = np.cumsum(vy)
+    obs = pos.copy()
+    obs[0, :, 0] = 100.0 * np.arange(9)
+    action = np.arange(16, dtype=float).reshape(1, 8, 2)
+    return SimpleNamespace(length=np.array([8]), obs=obs, position=pos, action=action), obs[0], action[0]
+
+
+def test_relative_windows_targets_and_gust_flags():
+    r, obs, act = _rollouts()
+    x, y, gust = bench.transitions(r, [0], damping=0.6, relative=True)
+    # steps t = 4 .. 6 have a full window of 4 and a next observation
+    assert x.shape == (3, 16) and y.shape == (3, 2)
+    t = 5
+    want = np.concatenate([(obs[t - 3 : t] - obs[t]).ravel(), obs[t], act[t - 3 : t + 1].ravel()])
+    np.testing.assert_allclose(x[1], want)
+    np.testing.assert_allclose(y[1], obs[t + 1] - obs[t])
+    # the gust moved the mass between observations 4 and 5: flagged at t = 5 only
+    np.testing.assert_array_equal(gust, [False, True, False])
+
+
+def test_absolute_windows_are_the_observations():
+    r, obs, act = _rollouts()
+    x, _, _ = bench.transitions(r, [0], damping=0.6, relative=False)
+    np.testing.assert_allclose(x[0], np.concatenate([obs[1:5].ravel(), act[1:5].ravel()]))
