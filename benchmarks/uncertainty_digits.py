@@ -9,7 +9,8 @@ and a deterministic ``dirac`` I-JEPA (representation only). Columns:
   10 labels per class (test split; raw pixels: 0.967 / 0.856);
 * ``knn``: weighted kNN (k = 20, cosine, T = 0.07);
 * ``nll`` (Gaussian, nats per latent dim), ``cov50`` / ``cov90``, ``sp_std_err``, ``aurc``: the
-  predictive distribution on held-out target latents of the test split (8 seeded mask draws);
+  predictive distribution on held-out target latents of the test split (``--draws`` seeded mask
+  draws, default 32);
 * ``sp_u`` / ``auroc``: the corruption protocol (Spearman(uncertainty, u), AUROC for u ≥ q75);
 * ``sp_u_surprise`` / ``auroc_surprise``: the same with the predictive surprise (negative
   log-density of the observed target latents) as the score;
@@ -45,6 +46,8 @@ from varjepa.eval.probes import fit_linear_probe
 from varjepa.eval.uncertainty import MaskProtocol, latent_calibration, selective_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
+#: mask draws per test image for calibration and the corruption protocol (``--draws``)
+DRAWS = 32
 HET = {"objective": {"name": "heteroscedastic", "beta_nll": 1.0}, "beta": 0.0}
 ROWS = {
     "diag_gaussian": {"posterior": "diag_gaussian", **HET},
@@ -113,7 +116,9 @@ def knn_accuracy(xtr, ytr, xte, yte) -> float:
     return float(m.compute())
 
 
-def run_row(name: str, overrides: dict, steps: int, augment: dict | None, seed: int = 0) -> dict:
+def run_row(
+    name: str, overrides: dict, steps: int, augment: dict | None, seed: int = 0, draws: int = DRAWS
+) -> dict:
     L.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=config_batch_size())
     model = VarJEPA(**{**base_model_args(), **overrides})
@@ -146,7 +151,7 @@ def run_row(name: str, overrides: dict, steps: int, augment: dict | None, seed: 
     if not model.family.stochastic:
         return row
     images, labels = split_tensors(dm, "test")
-    protocol = MaskProtocol(8, 0)
+    protocol = MaskProtocol(draws, 0)
     cal = latent_calibration(model, images, protocol)
     row.update(
         nll=cal["nll"],
@@ -233,6 +238,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"any of: {', '.join(ROWS)}")
     ap.add_argument("--no-augment", action="store_true", help="train without the config's NoiseAugmentation")
     ap.add_argument("--augment-p", type=float, default=None, help="override NoiseAugmentation.p")
+    ap.add_argument("--draws", type=int, default=DRAWS, help="mask draws per test image")
     ap.add_argument("--out", default="benchmarks/results/uncertainty_digits")
     args = ap.parse_args()
     augment = None if args.no_augment else augmentation_args()
@@ -242,14 +248,14 @@ def main() -> None:
     rows = []
     for name in args.rows:
         for seed in args.seeds:
-            rows.append(run_row(name, ROWS[name], steps, augment, seed=seed))
+            rows.append(run_row(name, ROWS[name], steps, augment, seed=seed, draws=args.draws))
             print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows)
     if len(args.seeds) > 1:
         table += "\n\nMean ± std over seeds " + ", ".join(map(str, args.seeds)) + ":\n\n" + summary(rows)
     header = (
         f"steps={steps}, batch size={config_batch_size()}, seeds={args.seeds}, "
-        f"augmentation={augment or 'none'}, pooled features={pool_mode()}, "
+        f"augmentation={augment or 'none'}, pooled features={pool_mode()}, mask draws={args.draws}, "
         f"torch threads={torch.get_num_threads()}\n\n"
     )
     print(header + table)
@@ -257,6 +263,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "steps": steps,
+        "draws": args.draws,
         "seeds": args.seeds,
         "augmentation": augment,
         "base": base_model_args(),
