@@ -44,6 +44,12 @@ LENGTH = 4  # observations in the window, as the default belief
 JUMP = -0.1  # a gust: the southward velocity change exceeds this
 
 
+def after_gust(vy: np.ndarray, t: int, damping: float) -> bool:
+    """Whether a gust moved the mass between observations ``t − 1`` and ``t``, from the true
+    y velocities ``vy`` ``[T]`` (the change beyond what damping explains)."""
+    return bool(vy[t - 1] - damping * vy[t - 2] < JUMP)
+
+
 def transitions(rollouts, episodes, damping: float, relative: bool):
     """Window features ``[N, 4·2 + 4·2]``, next observed steps ``[N, 2]`` and gust flags ``[N]``
     (a gust between the two newest observations) of every step with a full window."""
@@ -58,7 +64,7 @@ def transitions(rollouts, episodes, damping: float, relative: bool):
                 window = np.concatenate([window[:-1] - window[-1], window[-1:]])
             xs.append(np.concatenate([window.ravel(), act[t - LENGTH + 1 : t + 1].ravel()]))
             ys.append(obs[t + 1] - obs[t])
-            gust.append(vy[t - 1] - damping * vy[t - 2] < JUMP)
+            gust.append(after_gust(vy, t, damping))
     return np.array(xs), np.array(ys), np.array(gust)
 
 
@@ -93,7 +99,7 @@ def world_model_steps(ckpt: str, dm, damping: float) -> dict:
         step, predicted = zbar[[t + 1 for t in ts]] - z[ts], mean - z[ts]
         proj = ((predicted * step).sum(-1) / step.square().sum(-1).clamp_min(1e-12)).numpy()
         for t, p in zip(ts, proj, strict=True):
-            (after if vy[t - 1] - damping * vy[t - 2] < JUMP else other).append(p)
+            (after if after_gust(vy, t, damping) else other).append(p)
     return {
         "after_gust": float(np.median(after)),
         "other_steps": float(np.median(other)),
@@ -158,7 +164,7 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     print(text)
-    out = ROOT / args.out if not Path(args.out).is_absolute() else Path(args.out)
+    out = ROOT / args.out  # an absolute --out replaces ROOT
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     out.with_suffix(".md").write_text(text)
