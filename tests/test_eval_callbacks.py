@@ -513,3 +513,25 @@ def test_heteroscedastic_preset_needs_a_stochastic_family(tiny):
     out = model(batch_collate(samples))
     res = model.elbo(out, 0, 10)
     assert torch.isfinite(res.loss) and set(res.values) == {"nll", "kl"}
+
+
+def test_heteroscedastic_mean_weight_adds_the_squared_error_of_the_mixture_mean():
+    from varjepa.distributions import POSTERIORS
+    from varjepa.objectives.presets import heteroscedastic
+    from varjepa.schedules import Constant
+
+    terms = heteroscedastic(prior=None, likelihood=None, beta=Constant(0.0), beta_nll=0.0, mean_weight=7.0)
+    assert [t.name for t in terms] == ["nll", "kl", "mse"]
+    fam = POSTERIORS.build({"name": "mixture", "components": 3}, "model.posterior", dim=2)
+    g = torch.Generator().manual_seed(0)
+    params, target = torch.randn(4, 5, fam.num_params, generator=g), torch.randn(4, 5, 2, generator=g)
+    out = JEPAOutputs(pred=fam(params), family=fam, target=target)
+    # the mixture mean, computed by hand from the head's layout [locs (K·d), raw σ (K·d), logits (K)]
+    locs, w = params[..., :6].unflatten(-1, (3, 2)), params[..., -3:].softmax(-1)
+    mean = (w[..., None] * locs).sum(-2)
+    mse = ((mean - target) ** 2).mean()
+    assert float(terms[2](out)) == pytest.approx(float(mse), rel=1e-5)
+    assert float(terms[2].weight(0, 1)) == 7.0
+    assert [t.name for t in heteroscedastic(prior=None, likelihood=None, beta=Constant(0.0))] == ["nll", "kl"]
+    with pytest.raises(ConfigError, match="mean_weight = -1"):
+        heteroscedastic(prior=None, likelihood=None, beta=Constant(0.0), mean_weight=-1.0)

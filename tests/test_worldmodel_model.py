@@ -172,6 +172,46 @@ def test_imagine_with_shared_noise_gives_identical_particles_for_identical_actio
     assert not torch.allclose(z_ind[0], z_ind[1])
 
 
+def test_input_norm_standardises_the_predictor_input_with_batch_then_running_statistics():
+    torch.manual_seed(0)
+    m = _tiny(input_norm=True)
+    for p in m.head.parameters():  # a non-trivial head (the last layer starts at zero)
+        torch.nn.init.normal_(p, std=0.3)
+    h, a = torch.randn(64, m.belief.size), torch.rand(64, 2) * 2 - 1
+    x = torch.cat([h, a], -1)
+    m.train()
+    got = m.predict_params(h, a)
+    want = m.head((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))
+    torch.testing.assert_close(got, want)
+    # a shifted and rescaled batch gives the same outputs in training (per-feature standardisation)
+    torch.testing.assert_close(m.predict_params(3 * h + 5, a), got, atol=1e-4, rtol=1e-4)
+    m.eval()  # planning: the running statistics, so one belief's prediction does not depend on its batch
+    mean, var = m.head_norm.running_mean, m.head_norm.running_var
+    torch.testing.assert_close(
+        m.predict_params(h[:1], a[:1]), m.head((x[:1] - mean) / torch.sqrt(var + 1e-5))
+    )
+    assert isinstance(_tiny().head_norm, torch.nn.Identity)
+
+
+def test_detach_belief_keeps_the_predictor_loss_away_from_the_encoder():
+    torch.manual_seed(0)
+    batch = {"obs": torch.randn(3, 8, 2), "action": torch.rand(3, 7, 2) * 2 - 1, "hazard": torch.zeros(3, 8)}
+
+    def encoder_grad(model, term):
+        for p in model.head.parameters():  # the last layer starts at zero, which passes no gradient
+            torch.nn.init.normal_(p, std=0.3)
+        model.zero_grad()
+        out = model(batch)
+        next(t for t in model.elbo.terms if t.name == term)(out).backward()
+        return sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None)
+
+    assert encoder_grad(_tiny(), "nll") > 0
+    assert encoder_grad(_tiny(detach_belief=True), "nll") == 0.0
+    assert encoder_grad(_tiny(detach_belief=True), "rec") > 0  # the encoder still learns to reconstruct
+    with pytest.raises(ConfigError, match="without any gradient"):
+        _tiny(detach_belief=True, reconstruction_weight=0.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import Registry
-from ..schedules import Schedule, build_schedule
+from ..registry import ConfigError, Registry
+from ..schedules import Constant, Schedule, build_schedule
 from .regularizers import SIGReg, VICRegVarCov
 from .terms import ExpectedNLL, KLToPrior, PredictiveNLL, Regression, TargetNLL, Term
 
@@ -55,7 +55,12 @@ def jepa(prior: nn.Module, likelihood: nn.Module, beta: Schedule, loss: str = "m
 
 @OBJECTIVES.register("heteroscedastic")
 def heteroscedastic(
-    prior: nn.Module, likelihood: nn.Module, beta: Schedule, kl_samples: int = 4, beta_nll: float = 1.0
+    prior: nn.Module,
+    likelihood: nn.Module,
+    beta: Schedule,
+    kl_samples: int = 4,
+    beta_nll: float = 1.0,
+    mean_weight: float = 0.0,
 ) -> list[Term]:
     """``−log q_φ(z̄|x_c,ξ) + β(t)·KL(q_φ(z|x_c,ξ) ‖ p(z))``: terms ``nll`` and ``kl``.
 
@@ -66,11 +71,23 @@ def heteroscedastic(
     reweights the NLL by the detached variance (β-NLL, see :class:`TargetNLL`); 0 is the plain NLL,
     which rewards the encoders for trivially predictable targets (linear probe 0.51 vs 0.86 on
     digits). ``likelihood`` is unused.
+
+    ``mean_weight`` > 0 adds I-JEPA's squared error of the predicted *mean* (term ``mse``,
+    averaged over elements, this weight). Its optimum is the conditional mean, which is also the
+    NLL's for a well-specified family, so it changes nothing in the limit; in practice it anchors
+    the first moment where a multimodal family's NLL leaves it free. A mixture explains rare
+    transitions with a broad component, and its narrow components, never responsible for them,
+    extrapolate there (README, world models: a gust's momentum).
     """
-    return [
+    if mean_weight < 0:
+        raise ConfigError(f"model.objective.mean_weight = {mean_weight}; must be >= 0")
+    terms = [
         TargetNLL("nll", beta_nll=beta_nll),
         KLToPrior(prior, "kl", weight=beta, source="pred", num_samples=kl_samples),
     ]
+    if mean_weight > 0:
+        terms.append(Regression("mse", weight=Constant(mean_weight)))
+    return terms
 
 
 @OBJECTIVES.register("vicreg_jepa")
@@ -119,7 +136,6 @@ def build_terms(
     :data:`OBJECTIVES`) followed by the anti-collapse ``regularizers`` (from
     :data:`~varjepa.objectives.regularizers.REGULARIZERS`; a ``weight`` may be a schedule).
     ConfigErrors name ``model.objective`` / ``model.regularizers[i]``."""
-    from ..registry import ConfigError
     from .regularizers import REGULARIZERS
 
     builder, opts = OBJECTIVES.resolve(objective, "model.objective")

@@ -71,6 +71,13 @@ class LatentWorldModel(L.LightningModule):
             :meth:`~varjepa.distributions.PosteriorFamily.shift`). Needs a belief that keeps
             ``z_t`` (``window``). Persistence (``z_{t+1} ≈ z_t``) is then the zero output, and a jump
             in ``z_t`` moves the whole prediction with it.
+        input_norm: standardise the predictor's input (belief and action) with a non-affine
+            BatchNorm: batch statistics in training, running statistics at evaluation and while
+            planning. LayerNorm keeps each latent's scale, not each feature's; without this, a jump
+            that is large on the few features that carry it is small on the input as a whole.
+        detach_belief: the predictor's loss does not reach the encoder through the belief, so the
+            encoder learns from the reconstruction term only (needs ``reconstruction_weight > 0``)
+            and cannot make jumps it finds hard to predict less visible.
         encoder_depth: hidden layers of the observation encoder.
         posterior: family of ``p(z_{t+1} | h_t, a_t)`` (registry name, ``{name, **opts}``).
         prior / likelihood / objective / beta: as for :class:`~varjepa.VarJEPA`.
@@ -100,6 +107,8 @@ class LatentWorldModel(L.LightningModule):
         belief_dim: int = 128,
         belief: Spec = "gru",
         residual: bool = False,
+        input_norm: bool = False,
+        detach_belief: bool = False,
         encoder_depth: int = 2,
         posterior: Spec = "diag_gaussian",
         prior: Spec = "standard_normal",
@@ -135,6 +144,11 @@ class LatentWorldModel(L.LightningModule):
             raise ConfigError(f"model.hazard_refit_steps = {hazard_refit_steps}; must be >= 0")
         if reconstruction_weight < 0 or hazard_weight < 0:
             raise ConfigError("model.reconstruction_weight and model.hazard_weight must be >= 0")
+        if detach_belief and reconstruction_weight == 0:
+            raise ConfigError(
+                "model.detach_belief = true with model.reconstruction_weight = 0 leaves the encoder "
+                "without any gradient; set reconstruction_weight > 0 or detach_belief: false"
+            )
         if any(k < 1 for k in calibration_horizons) or calibration_samples < 2:
             raise ConfigError("model.calibration_horizons must be >= 1 and calibration_samples >= 2")
         keeps_latest = build_belief(belief, latent_dim, 1, belief_dim).keeps_latest  # bad specs fail here
@@ -196,7 +210,9 @@ class LatentWorldModel(L.LightningModule):
         self.encoder = mlp([n_obs] + [H] * hp.encoder_depth + [d])
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.belief = build_belief(hp.belief, d, n_act, hp.belief_dim)
-        self.head = mlp([self.belief.size + n_act, H, H, self.family.num_params])
+        n_in = self.belief.size + n_act
+        self.head_norm = nn.BatchNorm1d(n_in, affine=False, momentum=0.01) if hp.input_norm else nn.Identity()
+        self.head = mlp([n_in, H, H, self.family.num_params])
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self.decoder = mlp([d, H, n_obs]) if hp.reconstruction_weight > 0 else None
@@ -319,7 +335,7 @@ class LatentWorldModel(L.LightningModule):
     def predict_params(self, h: Tensor, action: Tensor) -> Tensor:
         """The family's parameters ``[N, P]`` of ``p(z_{t+1} | h_t, a_t)`` for beliefs ``[N, belief]``
         and normalised actions ``[N, A]`` (moved by ``z_t`` when ``residual``)."""
-        params = self.head(torch.cat([h, action], -1))
+        params = self.head(self.head_norm(torch.cat([h, action], -1)))
         if self.hparams.residual:
             params = self.family.shift(params, self.belief.latest(h))
         return params
@@ -376,7 +392,7 @@ class LatentWorldModel(L.LightningModule):
             )
         z = self.encode(obs)  # [B, W, d]
         zbar = self.encode(obs, target=True)
-        h = self.filter(z, act)
+        h = self.filter(z.detach() if hp.detach_belief else z, act)
         starts = torch.arange(hp.burn_in - 1, W - k, device=obs.device)  # t with t + k <= W - 1
         S = len(starts)
         offs = starts[:, None] + torch.arange(k, device=obs.device)  # [S, k]: a_t .. a_{t+k-1}
