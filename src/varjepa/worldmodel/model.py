@@ -73,8 +73,9 @@ class LatentWorldModel(L.LightningModule):
             in ``z_t`` moves the whole prediction with it.
         input_norm: standardise the predictor's input (belief and action) with a non-affine
             BatchNorm: batch statistics in training, running statistics at evaluation and while
-            planning. LayerNorm keeps each latent's scale, not each feature's; without this, a jump
-            that is large on the few features that carry it is small on the input as a whole.
+            planning. The latents' LayerNorm fixes each vector's scale, not each feature's spread
+            over the data: an MLP on the default model's latent windows predicts 0.58 of a gust's
+            momentum with standardised inputs and 0.24 without (README, world models).
         detach_belief: the predictor's loss does not reach the encoder through the belief, so the
             encoder learns from the reconstruction term only (needs ``reconstruction_weight > 0``)
             and cannot make jumps it finds hard to predict less visible.
