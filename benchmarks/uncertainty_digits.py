@@ -238,12 +238,17 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"any of: {', '.join(ROWS)}")
     ap.add_argument("--no-augment", action="store_true", help="train without the config's NoiseAugmentation")
     ap.add_argument("--augment-p", type=float, default=None, help="override NoiseAugmentation.p")
+    ap.add_argument(
+        "--augment-view", default=None, help="override NoiseAugmentation.view (context, both, mixed)"
+    )
     ap.add_argument("--draws", type=int, default=DRAWS, help="mask draws per test image")
     ap.add_argument("--out", default="benchmarks/results/uncertainty_digits")
     args = ap.parse_args()
     augment = None if args.no_augment else augmentation_args()
     if augment is not None and args.augment_p is not None:
         augment["p"] = args.augment_p
+    if augment is not None and args.augment_view is not None:
+        augment["view"] = args.augment_view
     steps = args.steps or config_steps()
     rows = []
     for name in args.rows:

@@ -475,6 +475,42 @@ def test_context_view_augmentation_degrades_only_the_context_encoders_input(tiny
     aug.teardown(T(), model, "fit")
 
 
+def test_mixed_view_gives_every_noisy_image_to_the_context_and_a_share_to_the_target(tiny):
+    model = _model(tiny)
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup()
+    dm.set_masking(model.masking, model.encoder.grid_size)
+    batch = next(iter(dm.train_dataloader()))
+    clean = batch["image"].clone()
+
+    class T:
+        global_step, global_rank = 5, 0
+
+    aug = NoiseAugmentation(p=1.0, noise="uniform", view="mixed", target_share=0.25)
+    noisy = aug.corrupt(clean, step=5)
+    m = aug.target_mask(64, step=5)
+    assert m.dtype == torch.bool and 0 < int(m.sum()) < 64
+    # the share is target_share (a large draw: 0.25 ± 0.02)
+    assert float(aug.target_mask(20000, step=5).float().mean()) == pytest.approx(0.25, abs=0.02)
+    seen = {}
+    aug.setup(T(), model, "fit")
+    h1 = model.encoder.register_forward_hook(lambda mod, a, o: seen.__setitem__("context", a[0]))
+    h2 = model.target_encoder.register_forward_hook(lambda mod, a, o: seen.__setitem__("target", a[0]))
+    aug.on_train_batch_start(T(), model, batch, 0)
+    model(batch)
+    torch.testing.assert_close(seen["context"], noisy)  # every noisy image reaches the context
+    torch.testing.assert_close(seen["target"][m], noisy[m])  # the chosen share: a noisy target
+    torch.testing.assert_close(seen["target"][~m], clean[~m])  # the rest: a clean target
+    aug.on_train_batch_end(T(), model, None, batch, 0)
+    h1.remove()
+    h2.remove()
+    aug.teardown(T(), model, "fit")
+    with pytest.raises(ConfigError, match="target_share = 1.5; must be in"):
+        NoiseAugmentation(view="mixed", target_share=1.5)
+    with pytest.raises(ConfigError, match="allowed: context, both, mixed"):
+        NoiseAugmentation(view="target")
+
+
 # --------------------------------------------------------------------------- heteroscedastic objective
 def _outputs(loc, scale, target):
     from varjepa.distributions import POSTERIORS
