@@ -12,9 +12,9 @@ noisy image too (the rest keep a clean target).
 Which view makes the predictive spread detect corruption (digits, README "Measuring what the model
 knows"): ``context`` teaches it that a noisy context leaves the clean target unpredictable, which
 saturates once the context is mostly noise; ``both`` teaches it that a noisy context also means a
-noisy target, which keeps rising with the noise level but is unstable across seeds (on some the
-encoder grows invariant to the noise and the spread stops tracking it); ``mixed`` (share 0.5) keeps
-both lessons and is the recipe.
+noisy target, which keeps rising with the noise level but is unstable across seeds (Spearman with
+the noise level 0.67–0.95 over four); ``mixed`` (share 0.5) keeps both lessons and is the recipe
+(0.931 ± 0.005, AUROC 0.953 over five seeds, against 0.841 / 0.915 for ``context``).
 
 It is off by default and named in every result it influences: evaluating the corruption protocol
 on a model trained with the protocol's own noise measures detection of a *known* corruption. Use
