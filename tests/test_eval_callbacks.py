@@ -505,6 +505,9 @@ def test_mixed_view_gives_every_noisy_image_to_the_context_and_a_share_to_the_ta
     h1.remove()
     h2.remove()
     aug.teardown(T(), model, "fit")
+    # the other views are the two ends of the same rule
+    assert NoiseAugmentation(view="context", target_share=0.25).target_mask(64, step=5).sum() == 0
+    assert NoiseAugmentation(view="both", target_share=0.25).target_mask(64, step=5).all()
     with pytest.raises(ConfigError, match="target_share = 1.5; must be in"):
         NoiseAugmentation(view="mixed", target_share=1.5)
     with pytest.raises(ConfigError, match="allowed: context, both, mixed"):

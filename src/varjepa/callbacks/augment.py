@@ -76,7 +76,7 @@ class NoiseAugmentation(Callback):
         self._handle = None
 
     def setup(self, trainer, pl_module, stage) -> None:
-        if self.view != "both" and self._handle is None and hasattr(pl_module, "encoder"):
+        if self._handle is None and hasattr(pl_module, "encoder"):
             self._handle = pl_module.encoder.register_forward_pre_hook(self._swap)
 
     def teardown(self, trainer, pl_module, stage) -> None:
@@ -105,20 +105,23 @@ class NoiseAugmentation(Callback):
         a = (self.lam * u).view(-1, *([1] * (x.ndim - 1))).to(x)
         return (1 - a) * x + a * eps.to(x)
 
+    @property
+    def noisy_target_share(self) -> float:
+        """Share of noisy images whose target view is noisy too: 0 (``context``), 1 (``both``) or
+        ``target_share`` (``mixed``)."""
+        return {"context": 0.0, "both": 1.0}.get(self.view, self.target_share)
+
     def target_mask(self, n: int, step: int, rank: int = 0) -> torch.Tensor:
-        """``[n]`` booleans: which images' target view is noisy under ``mixed`` (a share
-        ``target_share``, drawn from its own generator seeded by step and rank)."""
+        """``[n]`` booleans: which images' target view is noisy (a share :attr:`noisy_target_share`,
+        drawn from its own generator seeded by step and rank)."""
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1009 + rank) * 31 + 17)
-        return torch.rand(n, generator=g) < self.target_share
+        return torch.rand(n, generator=g) < self.noisy_target_share
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         x = batch["image"]
         noisy = self.corrupt(x, trainer.global_step, trainer.global_rank)
-        if self.view == "both":
-            batch["image"] = noisy
-            return
-        if self.view == "mixed":
+        if self.noisy_target_share > 0:  # the batch is what the target encoder (and all but the context) sees
             m = self.target_mask(x.shape[0], trainer.global_step, trainer.global_rank).to(x.device)
             x = torch.where(m.view(-1, *([1] * (x.ndim - 1))), noisy, x)
-            batch["image"] = x  # what the target encoder (and everything but the context) sees
+            batch["image"] = x
         self._clean, self._noisy = x, noisy
