@@ -4,6 +4,7 @@ number is recomputed independently (scipy / scikit-learn / numpy) from the final
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -444,67 +445,70 @@ def test_noise_augmentation_corrupts_a_share_of_training_images():
         NoiseAugmentation(noise="pink")
 
 
-def test_context_view_augmentation_degrades_only_the_context_encoders_input(tiny):
-    model = _model(tiny)
-    dm = DigitsDataModule(batch_size=16)
+def _train_batch(model, size: int) -> dict:
+    dm = DigitsDataModule(batch_size=size)
     dm.setup()
     dm.set_masking(model.masking, model.encoder.grid_size)
-    batch = next(iter(dm.train_dataloader()))
-    clean = batch["image"].clone()
+    return next(iter(dm.train_dataloader()))
+
+
+@contextlib.contextmanager
+def _encoder_inputs(model, aug: NoiseAugmentation, step: int):
+    """Yield ``(seen, trainer)``: ``seen`` holds the last input of the context and the target
+    encoder while ``aug`` is set up on ``model`` at ``step``."""
 
     class T:
-        global_step, global_rank = 3, 0
+        global_step, global_rank = step, 0
 
+    seen = {}
+    aug.setup(T(), model, "fit")
+    hooks = [
+        model.encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("context", a[0])),
+        model.target_encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("target", a[0])),
+    ]
+    try:
+        yield seen, T()
+    finally:
+        for h in hooks:
+            h.remove()
+        aug.teardown(T(), model, "fit")
+
+
+def test_context_view_augmentation_degrades_only_the_context_encoders_input(tiny):
+    model = _model(tiny)
+    batch = _train_batch(model, 16)
+    clean = batch["image"].clone()
     aug = NoiseAugmentation(p=1.0, noise="gaussian", view="context")
     noisy = aug.corrupt(clean, step=3)
     assert not torch.allclose(noisy, clean)
-    seen = {}
-    aug.setup(T(), model, "fit")
-    h1 = model.encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("context", a[0]))
-    h2 = model.target_encoder.register_forward_hook(lambda m, a, o: seen.__setitem__("target", a[0]))
-    aug.on_train_batch_start(T(), model, batch, 0)
-    model(batch)
-    torch.testing.assert_close(seen["context"], noisy)  # the context encoder got the noisy copy
-    torch.testing.assert_close(seen["target"], clean)  # the EMA target encodes the clean image
-    torch.testing.assert_close(batch["image"], clean)  # the batch itself is untouched
-    aug.on_train_batch_end(T(), model, None, batch, 0)
-    model(batch)  # after the batch: no swap any more
-    torch.testing.assert_close(seen["context"], clean)
-    h1.remove()
-    h2.remove()
-    aug.teardown(T(), model, "fit")
+    with _encoder_inputs(model, aug, step=3) as (seen, trainer):
+        aug.on_train_batch_start(trainer, model, batch, 0)
+        model(batch)
+        torch.testing.assert_close(seen["context"], noisy)  # the context encoder got the noisy copy
+        torch.testing.assert_close(seen["target"], clean)  # the EMA target encodes the clean image
+        torch.testing.assert_close(batch["image"], clean)  # the batch itself is untouched
+        aug.on_train_batch_end(trainer, model, None, batch, 0)
+        model(batch)  # after the batch: no swap any more
+        torch.testing.assert_close(seen["context"], clean)
 
 
 def test_mixed_view_gives_every_noisy_image_to_the_context_and_a_share_to_the_target(tiny):
     model = _model(tiny)
-    dm = DigitsDataModule(batch_size=64)
-    dm.setup()
-    dm.set_masking(model.masking, model.encoder.grid_size)
-    batch = next(iter(dm.train_dataloader()))
+    batch = _train_batch(model, 64)
     clean = batch["image"].clone()
-
-    class T:
-        global_step, global_rank = 5, 0
-
     aug = NoiseAugmentation(p=1.0, noise="uniform", view="mixed", target_share=0.25)
     noisy = aug.corrupt(clean, step=5)
     m = aug.target_mask(64, step=5)
     assert m.dtype == torch.bool and 0 < int(m.sum()) < 64
     # the share is target_share (a large draw: 0.25 ± 0.02)
     assert float(aug.target_mask(20000, step=5).float().mean()) == pytest.approx(0.25, abs=0.02)
-    seen = {}
-    aug.setup(T(), model, "fit")
-    h1 = model.encoder.register_forward_hook(lambda mod, a, o: seen.__setitem__("context", a[0]))
-    h2 = model.target_encoder.register_forward_hook(lambda mod, a, o: seen.__setitem__("target", a[0]))
-    aug.on_train_batch_start(T(), model, batch, 0)
-    model(batch)
-    torch.testing.assert_close(seen["context"], noisy)  # every noisy image reaches the context
-    torch.testing.assert_close(seen["target"][m], noisy[m])  # the chosen share: a noisy target
-    torch.testing.assert_close(seen["target"][~m], clean[~m])  # the rest: a clean target
-    aug.on_train_batch_end(T(), model, None, batch, 0)
-    h1.remove()
-    h2.remove()
-    aug.teardown(T(), model, "fit")
+    with _encoder_inputs(model, aug, step=5) as (seen, trainer):
+        aug.on_train_batch_start(trainer, model, batch, 0)
+        model(batch)
+        torch.testing.assert_close(seen["context"], noisy)  # every noisy image reaches the context
+        torch.testing.assert_close(seen["target"][m], noisy[m])  # the chosen share: a noisy target
+        torch.testing.assert_close(seen["target"][~m], clean[~m])  # the rest: a clean target
+        aug.on_train_batch_end(trainer, model, None, batch, 0)
     # the other views are the two ends of the same rule
     assert NoiseAugmentation(view="context", target_share=0.25).target_mask(64, step=5).sum() == 0
     assert NoiseAugmentation(view="both", target_share=0.25).target_mask(64, step=5).all()
