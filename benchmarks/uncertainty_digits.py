@@ -245,10 +245,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/uncertainty_digits")
     args = ap.parse_args()
     augment = None if args.no_augment else augmentation_args()
-    if augment is not None and args.augment_p is not None:
-        augment["p"] = args.augment_p
-    if augment is not None and args.augment_view is not None:
-        augment["view"] = args.augment_view
+    for key, value in (("p", args.augment_p), ("view", args.augment_view)):
+        if augment is not None and value is not None:
+            augment[key] = value
     steps = args.steps or config_steps()
     rows = []
     for name in args.rows:

@@ -92,10 +92,14 @@ class NoiseAugmentation(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._clean = self._noisy = None
 
+    def _draw_seed(self, step: int, rank: int) -> int:
+        """The seed of this step's and rank's draws (resumed runs repeat them)."""
+        return (self.seed * 1_000_003 + step) * 1009 + rank
+
     @torch.no_grad()
     def corrupt(self, x: torch.Tensor, step: int, rank: int = 0) -> torch.Tensor:
         """The augmented copy of ``x`` ``[B, ...]`` for this step and rank."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank)
+        g = torch.Generator().manual_seed(self._draw_seed(step, rank))
         n = x.shape[0]
         u = torch.rand(n, generator=g) * (torch.rand(n, generator=g) < self.p)
         if self.noise == "gaussian":
@@ -114,7 +118,7 @@ class NoiseAugmentation(Callback):
     def target_mask(self, n: int, step: int, rank: int = 0) -> torch.Tensor:
         """``[n]`` booleans: which images' target view is noisy (a share :attr:`noisy_target_share`,
         drawn from its own generator seeded by step and rank)."""
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1009 + rank) * 31 + 17)
+        g = torch.Generator().manual_seed(self._draw_seed(step, rank) * 31 + 17)
         return torch.rand(n, generator=g) < self.noisy_target_share
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
