@@ -44,6 +44,7 @@ FAMILIES = {
     "diag_gaussian": "diag_gaussian",
     "lowrank_gaussian": {"name": "lowrank_gaussian", "rank": 2},
     "mixture": {"name": "mixture", "components": 3},
+    "anchored_mixture": {"name": "anchored_mixture", "components": 3},
     "flow": {"name": "flow", "context_dim": 5, "hidden_dims": [16]},
     "flow_spline": {"name": "flow", "transform": "spline", "context_dim": 5, "hidden_dims": [16]},
 }
@@ -299,7 +300,7 @@ def family_stds(key, fam, dist):
         return dist.base_dist.scale
     if key == "lowrank_gaussian":
         return dist.cov_diag.sqrt()
-    if key == "mixture":
+    if key in ("mixture", "anchored_mixture"):
         return dist.coord_scale
     return dist.base_dist.base_dist.scale  # flows: diagonal base
 
@@ -311,6 +312,9 @@ def std_slice(key, fam):
     if key == "mixture":
         k = fam.components
         return slice(k * d, 2 * k * d)
+    if key == "anchored_mixture":
+        k = fam.components
+        return slice(d + k * d, d + 2 * k * d)
     return slice(d, 2 * d)
 
 
@@ -587,3 +591,75 @@ def test_mixture_rsample_gradient_is_unbiased(mode):
     (var + mean.square()).sum().backward()
     assert ((mc_grad - exact_params.grad).abs() <= 5 * se + 1e-4).all()
     assert exact_params.grad.abs().min() > 0  # every parameter (incl. logits) matters
+
+
+# ---------------------------------------------------------------- anchored mixture
+
+
+def anchored_reference(fam, params):
+    """float64 components of an anchored mixture: locations anchor + offsets, stds, log weights."""
+    k, d = fam.components, fam.dim
+    p = np64(params)
+    anchor = p[..., :d]
+    offsets = p[..., d : d + k * d].reshape(*p.shape[:-1], k, d)
+    scales = ref_std(p[..., d + k * d : d + 2 * k * d]).reshape(*p.shape[:-1], k, d)
+    logw = log_softmax(p[..., d + 2 * k * d :], axis=-1)
+    return anchor[..., None, :] + offsets, scales, logw
+
+
+def test_anchored_mixture_density_and_mean_vs_reference():
+    fam = POSTERIORS.build({"name": "anchored_mixture", "components": 3}, dim=4)
+    assert fam.num_params == 4 + 3 * (2 * 4 + 1) and fam.loc_blocks == 1
+    params = 1.5 * torch.randn(2, 5, fam.num_params)
+    dist = fam(params)
+    locs, scales, logw = anchored_reference(fam, params)
+    z = 2 * torch.randn(7, 2, 5, 4)
+    comp = stats.norm.logpdf(np64(z)[..., None, :], loc=locs, scale=scales).sum(-1)
+    np.testing.assert_allclose(np64(dist.log_prob(z)), logsumexp(logw + comp, axis=-1), rtol=1e-5, atol=1e-4)
+    exp_mean = (np.exp(logw)[..., None] * locs).sum(-2)
+    np.testing.assert_allclose(np64(fam.mean(dist)), exp_mean, rtol=1e-5, atol=1e-5)
+
+
+def test_anchored_mixture_splits_gradients_between_density_and_mean():
+    """The density trains offsets, spreads and weights but not the anchor; the mean trains only the
+    anchor, with dmean/danchor = 1 (the exact mean is anchor + Σ π_k m_k)."""
+    fam = POSTERIORS.build({"name": "anchored_mixture", "components": 3}, dim=4)
+    params = torch.randn(6, fam.num_params, requires_grad=True)
+    fam(params).log_prob(torch.randn(6, 4)).sum().backward()
+    assert params.grad[:, :4].abs().max() == 0
+    assert params.grad[:, 4:].abs().min(0).values.max() > 0
+    params.grad = None
+    fam.mean(fam(params)).sum().backward()
+    torch.testing.assert_close(params.grad[:, :4], torch.ones(6, 4))
+    assert params.grad[:, 4:].abs().max() == 0
+    # without the detach it is a mixture whose components share one location: both reach it
+    shared = POSTERIORS.build({"name": "anchored_mixture", "components": 3, "detach_anchor": False}, dim=4)
+    params.grad = None
+    shared(params).log_prob(torch.randn(6, 4)).sum().backward()
+    assert params.grad[:, :4].abs().min() > 0
+
+
+def test_anchored_mixture_shift_moves_every_component():
+    fam = POSTERIORS.build({"name": "anchored_mixture", "components": 2}, dim=3)
+    params, offset = torch.randn(5, fam.num_params), torch.randn(5, 3)
+    a, b = fam(params), fam(fam.shift(params, offset))
+    torch.testing.assert_close(b.locs, a.locs + offset[:, None, :])
+    torch.testing.assert_close(b.coord_scale, a.coord_scale)
+    torch.testing.assert_close(fam.mean(b), fam.mean(a) + offset)
+
+
+def test_anchored_mixture_needs_a_term_that_fits_the_mean():
+    from varjepa.objectives import ELBO, build_terms
+    from varjepa.schedules import Constant
+
+    fam = POSTERIORS.build({"name": "anchored_mixture", "components": 2}, dim=3)
+    prior, lik = PRIORS.build("standard_normal", dim=3), LIKELIHOODS.build("gaussian", dim=3)
+
+    def elbo(objective):
+        return ELBO(build_terms(objective, prior, lik, Constant(0.0)))
+
+    with pytest.raises(ConfigError, match="mean_weight.*anchor gets no gradient"):
+        elbo({"name": "heteroscedastic", "beta_nll": 0.0}).validate(fam)
+    elbo({"name": "heteroscedastic", "beta_nll": 0.0, "mean_weight": 10.0}).validate(fam)
+    shared = POSTERIORS.build({"name": "anchored_mixture", "components": 2, "detach_anchor": False}, dim=3)
+    elbo({"name": "heteroscedastic", "beta_nll": 0.0}).validate(shared)

@@ -20,7 +20,7 @@ EXPECTED_NAMES = {
     "posterior": (
         POSTERIORS,
         "model.posterior",
-        ["diag_gaussian", "dirac", "flow", "lowrank_gaussian", "mixture"],
+        ["anchored_mixture", "diag_gaussian", "dirac", "flow", "lowrank_gaussian", "mixture"],
     ),
     "prior": (PRIORS, "model.prior", ["learned_diagonal", "mixture_of_gaussians", "standard_normal"]),
     "likelihood": (LIKELIHOODS, "model.likelihood", ["gaussian", "gaussian_learned", "laplace"]),

@@ -212,6 +212,45 @@ def test_detach_belief_keeps_the_predictor_loss_away_from_the_encoder():
         _tiny(detach_belief=True, reconstruction_weight=0.0)
 
 
+def test_anchored_mixture_fits_its_location_by_least_squares_in_its_own_network():
+    """With ``anchored_mixture`` the location ``μ`` comes from a separate MLP (``anchor_head``) that
+    only the ``mse`` term trains; the density (``nll``) trains the main head, never the anchor head."""
+    torch.manual_seed(0)
+    batch = {"obs": torch.randn(3, 8, 2), "action": torch.rand(3, 7, 2) * 2 - 1, "hazard": torch.zeros(3, 8)}
+    m = _tiny(
+        posterior={"name": "anchored_mixture", "components": 3},
+        objective={"name": "heteroscedastic", "beta_nll": 0.0, "mean_weight": 100.0},
+        belief={"name": "window", "length": 3},
+        residual=True,
+        horizon=1,
+    )
+    assert m.anchor_head is not None and m.head[-1].out_features == m.family.num_params - 4
+    for net in (m.head, m.anchor_head):  # the last layers start at zero, which passes no gradient
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    h, a = torch.randn(5, m.belief.size), torch.rand(5, 2) * 2 - 1
+    params = m.predict_params(h, a)
+    x = torch.cat([h, a], -1)
+    torch.testing.assert_close(params[:, :4], m.anchor_head(x) + m.belief.latest(h))  # residual: moved by z_t
+    torch.testing.assert_close(params[:, 4:], m.head(x))
+
+    def grads(term):
+        m.zero_grad()
+        next(t for t in m.elbo.terms if t.name == term)(m(batch)).backward()
+        return [
+            sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None)
+            for net in (m.head, m.anchor_head)
+        ]
+
+    head_nll, anchor_nll = grads("nll")
+    head_mse, anchor_mse = grads("mse")
+    assert head_nll > 0 and anchor_nll == 0.0
+    assert anchor_mse > 0 and head_mse == 0.0
+    assert _tiny().anchor_head is None  # other families: one head
+    with pytest.raises(ConfigError, match="mean_weight"):
+        _tiny(posterior={"name": "anchored_mixture", "components": 2}, objective={"name": "heteroscedastic"})
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

@@ -4,6 +4,7 @@ from .kl import ANALYTIC, MONTE_CARLO, is_analytic, kl_divergence
 from .likelihoods import LIKELIHOODS, Gaussian, GaussianLearned, LaplaceLikelihood
 from .posteriors import (
     POSTERIORS,
+    AnchoredMixture,
     DiagGaussian,
     Dirac,
     Flow,
@@ -21,6 +22,7 @@ __all__ = [
     "LIKELIHOODS",
     "POSTERIORS",
     "PRIORS",
+    "AnchoredMixture",
     "DiagGaussian",
     "Dirac",
     "Flow",

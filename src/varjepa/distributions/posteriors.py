@@ -309,6 +309,60 @@ class Mixture(PosteriorFamily):
         return self._moments(dist)[1]
 
 
+@POSTERIORS.register("anchored_mixture")
+class AnchoredMixture(Mixture):
+    """A location plus mixture noise: ``z = μ + ε``, ``ε ~ Σ_k π_k N(m_k, diag σ_k²)``. Head outputs
+    ``[μ (d), offsets m (K·d), raw σ (K·d), logits (K)]``; the components' locations are ``μ + m_k``.
+
+    With ``detach_anchor`` (default) the density does not train the anchor ``μ``: its log density
+    sees ``μ`` detached, and :meth:`mean` (the exact mixture mean, ``μ + Σ π_k m_k``) passes
+    gradient to ``μ`` only. A term that reads the mean (``mean_weight`` of the ``heteroscedastic``
+    preset, the ``jepa`` preset's regression) then fits ``μ`` by least squares on *every* sample,
+    while the density fits the shape of the noise around it. A plain mixture's NLL explains a rare,
+    predictable transition (the step after a gust) with a broad component, and its narrow
+    components, never responsible for it, extrapolate there; a least-squares anchor cannot ignore
+    it (README, world models). Without a mean-reading term the anchor would get no gradient: the
+    ELBO refuses that combination. ``shift`` moves ``μ`` only (one location block).
+
+    Args:
+        components: K, mixture components of the noise.
+        detach_anchor: stop the density's gradient at ``μ`` (False: a mixture with a shared location).
+    """
+
+    #: the ELBO must hold a term that reads :meth:`mean` (else the anchor gets no gradient)
+    needs_mean_term = True
+
+    def __init__(self, dim: int, components: int = 4, detach_anchor: bool = True, **kwargs):
+        super().__init__(dim, components, **kwargs)
+        self.loc_blocks = 1
+        self.detach_anchor = bool(detach_anchor)
+        self.needs_mean_term = self.detach_anchor
+
+    @property
+    def num_params(self) -> int:
+        return self.dim + self.components * (2 * self.dim + 1)
+
+    def build(self, params: Tensor) -> Distribution:
+        k, d = self.components, self.dim
+        anchor, offsets, raw, logits = params.split([d, k * d, k * d, k], dim=-1)
+        base = anchor.detach() if self.detach_anchor else anchor
+        dist = BatchedMixtureOfDiagNormals(
+            base.unsqueeze(-2) + offsets.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
+        )
+        dist._varjepa_anchor = anchor
+        return dist
+
+    def mean(self, dist: Distribution) -> Tensor:
+        m = self._moments(dist)[0]
+        anchor = getattr(dist, "_varjepa_anchor", None)
+        if not self.detach_anchor or anchor is None:
+            return m
+        return anchor + (m - anchor).detach()  # the exact mean; its gradient reaches μ only
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, components={self.components}, detach_anchor={self.detach_anchor}"
+
+
 FLOW_TRANSFORMS = {
     "affine_autoregressive": T.conditional_affine_autoregressive,
     "affine_coupling": T.conditional_affine_coupling,

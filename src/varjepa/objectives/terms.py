@@ -27,9 +27,12 @@ class Term(nn.Module):
         name: the term's name in logs (``train/<name>``); unique within an ELBO.
         weight: schedule of its weight in the loss.
         requires: the optional :class:`JEPAOutputs` fields the term reads (e.g. ``target_dist``).
+        reads_mean: whether the term's gradient reaches the predicted mean through
+            ``family.mean`` alone (a least-squares fit of it), which an anchored family needs.
     """
 
     requires: tuple[str, ...] = ()
+    reads_mean: bool = False
 
     def __init__(self, name: str, weight: Schedule | None = None):
         super().__init__()
@@ -184,6 +187,8 @@ class PredictiveNLL(Term):
 class Regression(Term):
     """Deterministic JEPA loss between the predicted mean and ``z̄``: ``"mse"`` or ``"smooth_l1"``,
     averaged over elements (I-JEPA's reduction)."""
+
+    reads_mean = True
 
     def __init__(self, name: str = "mse", weight=None, loss: str = "mse"):
         super().__init__(name, weight)

@@ -213,9 +213,16 @@ class LatentWorldModel(L.LightningModule):
         self.belief = build_belief(hp.belief, d, n_act, hp.belief_dim)
         n_in = self.belief.size + n_act
         self.head_norm = nn.BatchNorm1d(n_in, affine=False, momentum=0.01) if hp.input_norm else nn.Identity()
-        self.head = mlp([n_in, H, H, self.family.num_params])
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        # a family whose location is fitted by least squares alone (anchored_mixture) gets its own
+        # network for it (the first d parameters), so that the density's gradient does not shape
+        # the location's features
+        anchored = getattr(self.family, "needs_mean_term", False)
+        self.head = mlp([n_in, H, H, self.family.num_params - (d if anchored else 0)])
+        self.anchor_head = mlp([n_in, H, H, d]) if anchored else None
+        for head in (self.head, self.anchor_head):
+            if head is not None:
+                nn.init.zeros_(head[-1].weight)
+                nn.init.zeros_(head[-1].bias)
         self.decoder = mlp([d, H, n_obs]) if hp.reconstruction_weight > 0 else None
         self.decoder_log_std = nn.Parameter(torch.zeros(n_obs)) if self.decoder is not None else None
         self.hazard_head = mlp([d, H, 1]) if hp.hazard_weight > 0 else None
@@ -336,7 +343,10 @@ class LatentWorldModel(L.LightningModule):
     def predict_params(self, h: Tensor, action: Tensor) -> Tensor:
         """The family's parameters ``[N, P]`` of ``p(z_{t+1} | h_t, a_t)`` for beliefs ``[N, belief]``
         and normalised actions ``[N, A]`` (moved by ``z_t`` when ``residual``)."""
-        params = self.head(self.head_norm(torch.cat([h, action], -1)))
+        x = self.head_norm(torch.cat([h, action], -1))
+        params = self.head(x)
+        if self.anchor_head is not None:
+            params = torch.cat([self.anchor_head(x), params], -1)
         if self.hparams.residual:
             params = self.family.shift(params, self.belief.latest(h))
         return params
