@@ -8,18 +8,22 @@ distance to the goal plus ``hazard_weight`` if it enters the hazard; the risk me
 (``expected``) or CVaR_0.2 over the 16 rollouts. With ``--ckpt`` the cost is the world model's
 learned one instead (latent distance of the target-encoded true states to the goal's latent plus
 ``hazard_weight`` × the largest hazard-head probability), which separates the learned cost from
-the learned dynamics (compare with ``varjepa plan`` on the same checkpoint).
+the learned dynamics (compare with ``varjepa plan`` on the same checkpoint). ``--imagined`` plans
+with counterfactual wind instead (:func:`true_rollouts`): gusts without momentum, or a Gaussian wind
+without the heavy tail, to measure what a world model must get right for CVaR to help.
 
 Prints a table per environment setting and writes ``benchmarks/results/worldmodel_oracle.{json,md}``.
 
     python benchmarks/worldmodel_oracle.py                                     # default wind and frequent weak gusts
     python benchmarks/worldmodel_oracle.py --env '{"gust_prob": 0.05, "gust_spread": 0.15}' --weights 3
     python benchmarks/worldmodel_oracle.py --ckpt runs/windy_point/version_0/checkpoints/last.ckpt --weights 3
+    python benchmarks/worldmodel_oracle.py --env '{}' --imagined true,no_momentum,gaussian_wind --episodes 100
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -36,22 +40,54 @@ DEFAULT_ENVS = ["{}", '{"gust_prob": 0.1, "gust_strength": 0.2}']
 HORIZON, CANDIDATES, PARTICLES, ITERATIONS, ELITES, NOISE, MIN_STD = 10, 32, 16, 3, 6, 0.5, 0.05
 
 
-def true_rollouts(env: WindyPointMass, pos, vel, actions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+#: how the planner's imagined rollouts treat the wind (``--imagined``): the environment's own
+#: dynamics, or one of two counterfactual models that each lack one property of the real gusts
+IMAGINED = ("true", "no_momentum", "gaussian_wind")
+
+
+def gaussian_wind_moments(env: WindyPointMass) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[2]`` and per-axis std ``[2]`` of one step's wind (base wind plus the gust mixture),
+    exactly: ``g = U·strength`` with ``U ~ U(0.5, 1)`` (``E U = 0.75``, ``E U² = 7/12``) and
+    direction ``(sin φ, −cos φ)``, ``φ ~ N(0, spread²)``; the two axes are uncorrelated."""
+    p, S, s2 = env.gust_prob, env.gust_strength, env.gust_spread**2
+    e_cos = np.exp(-s2 / 2)
+    mean = np.array([0.0, -p * 0.75 * S * e_cos])
+    e_g2 = S**2 * 7 / 12
+    var = env.wind_std**2 + p * e_g2 * np.array([(1 - np.exp(-2 * s2)) / 2, (1 + np.exp(-2 * s2)) / 2])
+    return mean, np.sqrt(var - np.array([0.0, mean[1] ** 2]))
+
+
+def true_rollouts(
+    env: WindyPointMass, pos, vel, actions: np.ndarray, rng: np.random.Generator, imagined: str = "true"
+) -> np.ndarray:
     """Positions ``[C, P, H, 2]`` of ``P`` rollouts of each action sequence ``[C, H, 2]`` from the true
-    state, with the environment's wind (the same draws for every sequence)."""
+    state, with the environment's wind (the same draws for every sequence).
+
+    ``imagined`` replaces the wind by a counterfactual (to measure which property of the gusts a
+    risk-averse planner needs to see): ``no_momentum`` adds each gust's push to the position for
+    that step only instead of to the velocity (an imagined gust displaces once, as a world model that
+    misses the gust's momentum imagines it); ``gaussian_wind`` replaces base wind and gusts by a
+    Gaussian wind of the same mean and per-axis variance (momentum kept, no heavy tail)."""
+    if imagined not in IMAGINED:
+        raise ValueError(f"imagined = {imagined!r}; allowed: {', '.join(IMAGINED)}")
     C, H, _ = actions.shape
     P = PARTICLES
     wind = rng.normal(0.0, env.wind_std, (H, P, 2))
     gust = rng.random((H, P)) < env.gust_prob
     g = rng.uniform(0.5, 1.0, (H, P)) * env.gust_strength
     phi = rng.normal(0.0, env.gust_spread, (H, P))
-    wind = wind + (g * gust)[..., None] * np.stack([np.sin(phi), -np.cos(phi)], -1)
+    push = (g * gust)[..., None] * np.stack([np.sin(phi), -np.cos(phi)], -1)
+    if imagined == "gaussian_wind":
+        mean, std = gaussian_wind_moments(env)
+        wind, push = mean + std * rng.normal(size=(H, P, 2)), np.zeros_like(push)
+    elif imagined == "true":
+        wind, push = wind + push, np.zeros_like(push)
     p = np.broadcast_to(pos, (C, P, 2)).copy()
     v = np.broadcast_to(vel, (C, P, 2)).copy()
     out = []
     for t in range(H):
         v = env.damping * v + env.accel * actions[:, t, None, :] + wind[t][None]
-        p = np.clip(p + v, -env.bounds, env.bounds)
+        p = np.clip(p + v + push[t][None], -env.bounds, env.bounds)
         out.append(p)
     return np.stack(out, 2)
 
@@ -89,8 +125,10 @@ def risk(costs: np.ndarray, objective: str, alpha: float = 0.2) -> np.ndarray:
     return np.sort(costs, 1)[:, -k:].mean(1)
 
 
-def episode(env: WindyPointMass, cost, objective: str, seed: int) -> tuple[bool, bool]:
-    """One receding-horizon CEM episode; returns ``(hazard, success)``."""
+def episode(
+    env: WindyPointMass, cost, objective: str, seed: int, imagined: str = "true"
+) -> tuple[bool, bool]:
+    """One receding-horizon CEM episode (rollouts as ``imagined``); returns ``(hazard, success)``."""
     _, info = env.reset(seed=seed)
     rng = np.random.default_rng(seed + 7)
     mean = np.zeros((HORIZON, 2))
@@ -99,7 +137,8 @@ def episode(env: WindyPointMass, cost, objective: str, seed: int) -> tuple[bool,
         for _ in range(ITERATIONS):
             acts = np.clip(mean + std * rng.normal(size=(CANDIDATES, HORIZON, 2)), -1, 1)
             acts[0] = np.clip(mean, -1, 1)
-            scores = risk(cost(true_rollouts(env, info["position"], info["velocity"], acts, rng)), objective)
+            paths = true_rollouts(env, info["position"], info["velocity"], acts, rng, imagined)
+            scores = risk(cost(paths), objective)
             elite = acts[np.argsort(scores)[:ELITES]]
             mean, std = elite.mean(0), np.maximum(elite.std(0), MIN_STD)
         _, _, terminated, truncated, info = env.step(np.clip(mean[0], -1, 1))
@@ -116,6 +155,12 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--ckpt", default=None, help="use this world model's learned cost (its environment)")
+    ap.add_argument(
+        "--imagined",
+        default="true",
+        help=f"comma-separated rollout dynamics for the planner ({', '.join(IMAGINED)}); the episodes "
+        "always run in the real environment",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "worldmodel_oracle"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -128,31 +173,36 @@ def main() -> None:
     else:
         envs = args.env or DEFAULT_ENVS
     weights = [float(w) for w in args.weights.split(",")]
+    imagined = args.imagined.split(",")
+    bad = sorted(set(imagined) - set(IMAGINED))
+    if bad:
+        ap.error(f"--imagined: unknown {bad}; allowed: {', '.join(IMAGINED)}")
     rows, t0 = [], time.perf_counter()
-    for env_json in envs:
-        for w in weights:
-            env = WindyPointMass(**json.loads(env_json))
-            cost = LearnedCost(model, env, w) if model is not None else TrueCost(env, w)
-            row = {"env": json.loads(env_json), "hazard_weight": w, "cost": "learned" if model else "true"}
-            for obj in ("expected", "cvar"):
-                res = np.array([episode(env, cost, obj, args.seed + i) for i in range(args.episodes)], float)
-                row[f"{obj}_hazard"], row[f"{obj}_success"] = res[:, 0].mean(), res[:, 1].mean()
-            row["cut"] = 1 - row["cvar_hazard"] / max(row["expected_hazard"], 1e-9)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for env_json, im, w in itertools.product(envs, imagined, weights):
+        env = WindyPointMass(**json.loads(env_json))
+        cost = LearnedCost(model, env, w) if model is not None else TrueCost(env, w)
+        row = {"env": json.loads(env_json), "imagined": im, "hazard_weight": w}
+        row["cost"] = "learned" if model else "true"
+        for obj in ("expected", "cvar"):
+            res = [episode(env, cost, obj, args.seed + i, im) for i in range(args.episodes)]
+            res = np.array(res, float)
+            row[f"{obj}_hazard"], row[f"{obj}_success"] = res[:, 0].mean(), res[:, 1].mean()
+        row["cut"] = 1 - row["cvar_hazard"] / max(row["expected_hazard"], 1e-9)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     header = (
-        f"# Oracle planning (true dynamics) in the windy point mass\n\n{args.episodes} episodes per cell "
+        f"# Oracle planning (true state) in the windy point mass\n\n{args.episodes} episodes per cell "
         f"(seeds {args.seed}–{args.seed + args.episodes - 1}); CEM, horizon {HORIZON}, {CANDIDATES} candidates × "
         f"{PARTICLES} particles × {ITERATIONS} iterations; CVaR α = 0.2; cost: "
         f"{'learned (' + str(args.ckpt) + ')' if model else 'true'}; {time.perf_counter() - t0:.0f} s.\n\n"
     )
     lines = [
-        "| env | hazard weight | expected: violations | success | CVaR: violations | success | cut |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| env | imagined wind | hazard weight | expected: violations | success | CVaR: violations | success | cut |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {json.dumps(r['env']) if r['env'] else 'default'} | {r['hazard_weight']:g} | "
+            f"| {json.dumps(r['env']) if r['env'] else 'default'} | {r['imagined']} | {r['hazard_weight']:g} | "
             f"{r['expected_hazard']:.2f} | {r['expected_success']:.2f} | {r['cvar_hazard']:.2f} | "
             f"{r['cvar_success']:.2f} | {100 * r['cut']:.0f} % |"
         )

@@ -91,3 +91,40 @@ def test_exact_mcnemar_matches_scipys_binomial_test():
     for a, b in [(5, 1), (8, 2), (0, 7), (3, 3), (12, 17), (21, 10)]:
         assert mcnemar_exact(a, b) == pytest.approx(binomtest(a, a + b).pvalue)
     assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_counterfactual_wind_moments_and_momentum():
+    """``gaussian_wind`` has the real wind's per-step mean and variance (checked against a large
+    sample of the environment's own wind); ``no_momentum`` moves a rollout by a gust's push once."""
+    env = WindyPointMass(gust_prob=0.2, gust_strength=0.3, gust_spread=0.4, wind_std=0.01)
+    mean, std = oracle.gaussian_wind_moments(env)
+    rng = np.random.default_rng(0)
+    n = 400_000
+    w = rng.normal(0, env.wind_std, (n, 2))
+    gust = rng.random(n) < env.gust_prob
+    g, phi = rng.uniform(0.5, 1.0, n) * env.gust_strength, rng.normal(0, env.gust_spread, n)
+    w += (g * gust)[:, None] * np.stack([np.sin(phi), -np.cos(phi)], -1)
+    np.testing.assert_allclose(mean, w.mean(0), atol=1e-3)
+    np.testing.assert_allclose(std, w.std(0), rtol=0.01)
+    # damping 0, no action: each step of a gaussian_wind rollout is one wind draw
+    env0 = WindyPointMass(gust_prob=0.2, gust_strength=0.3, gust_spread=0.4, wind_std=0.01, damping=0.0)
+    acts = np.zeros((300, oracle.HORIZON, 2))
+    pos = oracle.true_rollouts(env0, np.zeros(2), np.zeros(2), acts, rng, imagined="gaussian_wind")
+    steps = np.diff(np.concatenate([np.zeros((300, oracle.PARTICLES, 1, 2)), pos], 2), axis=2)[0]
+    np.testing.assert_allclose(steps.reshape(-1, 2).mean(0), mean, atol=0.01)
+    # one certain gust straight south, damping 0.6: true momentum carries it on, no_momentum does not
+    env1 = WindyPointMass(gust_prob=1.0, gust_strength=0.2, gust_spread=0.0, wind_std=0.0, damping=0.6)
+    two = np.zeros((1, 2, 2))
+    r_true = oracle.true_rollouts(env1, np.zeros(2), np.zeros(2), two, np.random.default_rng(3), "true")
+    r_none = oracle.true_rollouts(
+        env1, np.zeros(2), np.zeros(2), two, np.random.default_rng(3), "no_momentum"
+    )
+    g = -r_true[0, :, 0, 1]  # the first push (the same draws in both)
+    np.testing.assert_allclose(r_none[0, :, 0, 1], -g)
+    # step two: a second certain gust g2; true also carries 0.6 of the first on, no_momentum does not
+    g2_true = -(r_true[0, :, 1, 1] - r_true[0, :, 0, 1]) - 0.6 * g
+    g2_none = -(r_none[0, :, 1, 1] - r_none[0, :, 0, 1])
+    np.testing.assert_allclose(g2_true, g2_none, atol=1e-12)
+    assert (g2_none >= 0.1 - 1e-12).all() and (g2_none <= 0.2 + 1e-12).all()
+    with pytest.raises(ValueError, match="allowed"):
+        oracle.true_rollouts(env1, np.zeros(2), np.zeros(2), two, np.random.default_rng(3), "nope")
