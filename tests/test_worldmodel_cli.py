@@ -227,6 +227,27 @@ def test_pendulum_config_fits_and_plans_without_a_hazard_head(tmp_path, capsys):
     assert row["success"] == 0 and row["hazard"] == 0
 
 
+def test_anchored_overlay_fits_and_plans(tmp_path):
+    """configs/worldmodel/anchored.yaml composes with the windy-point config: the location has its own
+    MLP, the ELBO holds the mse term that fits it, and the checkpoint plans."""
+    args = _fit_args(tmp_path, steps=6)
+    args.insert(2, f"--config={ROOT / 'configs/worldmodel/anchored.yaml'}")
+    cli = run(args)
+    model = cli.model
+    assert type(model.family).__name__ == "AnchoredMixture" and model.family.components == 5
+    assert model.anchor_head is not None and model.hparams.input_norm and model.hparams.detach_belief
+    assert {"nll", "mse", "rec", "hazard"} <= {t.name for t in model.elbo.terms}
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert log_dir.parent.name == "windy_point_anchored"
+    out = tmp_path / "plan"
+    plan = [f"--config={CONFIG}", f"--ckpt_path={log_dir / 'checkpoints' / 'last.ckpt'}", "--plan.episodes=1"]
+    plan += ["--plan.planners=[cem]", "--plan.objectives=[{name: cvar, alpha: 0.2}]", "--plan.horizon=2"]
+    plan += ["--plan.candidates=4", "--plan.particles=4", "--plan.iterations=1", "--plan.elites=2"]
+    assert plan_main([*plan, f"--plan.out={out}"]) == 0
+    row = json.loads((out / "plan.json").read_text())["rows"][0]
+    assert row["objective"] == "cvar0.2" and 1 <= row["steps"] <= 60
+
+
 def test_torch_threads_callback_sets_and_restores():
     from varjepa import TorchThreads
     from varjepa.registry import ConfigError
