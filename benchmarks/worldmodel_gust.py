@@ -14,7 +14,9 @@ prediction after the test episodes' gusts.
 
 With ``--ckpt`` it adds the world model's own answer, measured in its latent space: the
 projection of the predicted mean step ``E[z_{t+1}] − z_t`` on the observed step ``z̄_{t+1} − z_t``
-(1 = the whole step predicted, 0 = none of it), after gusts and on every other step.
+(1 = the whole step predicted, 0 = none of it), after gusts and on every other step; and how far
+its *imagined* gusts carry on (:func:`carry_on` of decoded rollouts: the second step over the
+first, ``damping`` = 0.6 in the environment).
 
     python benchmarks/worldmodel_gust.py
     python benchmarks/worldmodel_gust.py --ckpt runs/windy_point/version_0/checkpoints/last.ckpt
@@ -107,6 +109,37 @@ def world_model_steps(ckpt: str, dm, damping: float) -> dict:
     }
 
 
+def carry_on(steps: np.ndarray, threshold: float = -0.12) -> dict:
+    """Momentum in imagined rollouts. ``steps`` ``[N, K]``: decoded y-steps of N rollouts; the rollouts
+    whose first step is a gust-like push (below ``threshold``) are selected, and their mean steps and
+    the ratio of the second step to the first are returned (the environment's value is its damping:
+    a gust's velocity carries the mass on by ``damping`` × the push, then ``damping²`` ×, ...)."""
+    sel = steps[:, 0] < threshold
+    if not sel.any():
+        return {"gust_share": 0.0, "mean_steps": [], "ratio": float("nan")}
+    mean = steps[sel].mean(0)
+    return {"gust_share": float(sel.mean()), "mean_steps": mean.tolist(), "ratio": float(mean[1] / mean[0])}
+
+
+@torch.no_grad()
+def imagined_steps(ckpt: str, n: int = 20000, y0: float = 0.3, k: int = 4, seed: int = 0) -> np.ndarray:
+    """Decoded y-steps ``[n, k]`` of ``n`` imagined rollouts (zero action) from a noisy window of the
+    mass passing the hazard at height ``y0`` at full speed east (the model's own sampling)."""
+    from varjepa.worldmodel.plan import load_world_model
+
+    m = load_world_model(ckpt).eval()
+    env, rng = WindyPointMass(), np.random.default_rng(seed)
+    vmax = env.accel / (1 - env.damping)
+    pos = np.array([[-0.6 - vmax * (LENGTH - 1 - i), y0] for i in range(LENGTH)])
+    obs = torch.tensor(pos[None] + rng.normal(0, env.obs_noise, (n, LENGTH, 2)), dtype=torch.float32)
+    east = m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, LENGTH - 1, 2)
+    h = m.filter(m.encode(obs), east)[:, -1]
+    torch.manual_seed(seed)
+    _, z = m.imagine(h, m.normalize_action(torch.zeros(2)).expand(n, k, 2))
+    y = (m.decoder(z) * m.obs_std + m.obs_mean)[..., 1].numpy()
+    return np.diff(np.concatenate([np.full((n, 1), y0), y], 1), axis=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=None, help="also measure this world model checkpoint")
@@ -161,6 +194,16 @@ def main() -> None:
             f"\nWorld model `{args.ckpt}`: projection of the predicted mean latent step on the observed "
             f"one, median after {wm['gusts']} gusts **{wm['after_gust']:.2f}**, on other steps "
             f"{wm['other_steps']:.2f} (1 = the whole step predicted)."
+        )
+        im = carry_on(imagined_steps(args.ckpt))
+        meta["world_model"]["imagined"] = im
+        lines.append(
+            f"\nIn its own rollouts (20,000 from a pass at y = 0.3, zero action, decoded), "
+            f"{100 * im['gust_share']:.1f} % start with a gust-like push (first step < −0.12; the "
+            f"environment: 3 %); their mean y-steps are "
+            + " ".join(f"{v:+.3f}" for v in im["mean_steps"])
+            + f": the second step is **{im['ratio']:.2f}** × the first (the environment: "
+            f"{damping:.2f}, its damping)."
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -41,3 +41,15 @@ def test_absolute_windows_are_the_observations():
     r, obs, act = _rollouts()
     x, _, _ = bench.transitions(r, [0], damping=0.6, relative=False)
     np.testing.assert_allclose(x[0], np.concatenate([obs[1:5].ravel(), act[1:5].ravel()]))
+
+
+def test_carry_on_selects_gust_like_first_steps_and_reads_the_ratio():
+    rng = np.random.default_rng(0)
+    calm = rng.normal(0.0, 0.01, (900, 4))
+    push = rng.uniform(0.15, 0.3, 100)
+    gusty = -push[:, None] * 0.6 ** np.arange(4) + rng.normal(0.0, 0.001, (100, 4))  # momentum as in the env
+    out = bench.carry_on(np.concatenate([calm, gusty]))
+    assert out["gust_share"] == 0.1  # calm first steps are never below -0.12 at std 0.01
+    np.testing.assert_allclose(out["mean_steps"], -push.mean() * 0.6 ** np.arange(4), atol=1e-3)
+    np.testing.assert_allclose(out["ratio"], 0.6, atol=0.01)
+    assert np.isnan(bench.carry_on(calm)["ratio"])
