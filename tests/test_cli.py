@@ -177,7 +177,7 @@ def test_print_config_round_trips():
     [
         (
             "--model.posterior=nope",
-            "model.posterior: unknown posterior family 'nope'. Registered: diag_gaussian, dirac",
+            "model.posterior: unknown posterior family 'nope'. Registered: anchored_mixture, diag_gaussian, dirac",
         ),
         ("--model.beta=-1", "model.beta: value = -1.0 is negative"),
         ("--model.encoder.img_size=16", "data.image_size = 8 but model.encoder.img_size = 16"),
