@@ -60,6 +60,9 @@ class PosteriorFamily(nn.Module):
     #: how many location vectors of size ``dim`` open the head outputs (every family puts its
     #: location(s) first: one mean, or one per mixture component); read by :meth:`shift`.
     loc_blocks: int = 1
+    #: whether the location (the first ``dim`` head outputs) is trained only by terms that read
+    #: :meth:`mean`; the ELBO then requires such a term, and a world model computes it in its own MLP
+    needs_mean_term: bool = False
 
     def __init__(self, dim: int, min_std: float = 1e-3, max_std: float = 20.0, init_std: float = 1.0):
         super().__init__()
@@ -329,14 +332,14 @@ class AnchoredMixture(Mixture):
         detach_anchor: stop the density's gradient at ``μ`` (False: a mixture with a shared location).
     """
 
-    #: the ELBO must hold a term that reads :meth:`mean` (else the anchor gets no gradient)
-    needs_mean_term = True
-
     def __init__(self, dim: int, components: int = 4, detach_anchor: bool = True, **kwargs):
         super().__init__(dim, components, **kwargs)
         self.loc_blocks = 1
         self.detach_anchor = bool(detach_anchor)
-        self.needs_mean_term = self.detach_anchor
+
+    @property
+    def needs_mean_term(self) -> bool:  # the anchor gets no gradient from the density
+        return self.detach_anchor
 
     @property
     def num_params(self) -> int:

@@ -64,7 +64,7 @@ class ELBO(nn.Module):
         """Check every term against the configured families (ConfigError on conflicts)."""
         for t in self.terms:
             t.validate(family, target_family)
-        if getattr(family, "needs_mean_term", False) and not any(t.reads_mean for t in self.terms):
+        if family.needs_mean_term and not any(t.reads_mean for t in self.terms):
             raise ConfigError(
                 f"model.posterior = {type(family).__name__} with a detached anchor needs a term that "
                 "fits the predicted mean (e.g. objective: {name: heteroscedastic, mean_weight: 100}); "

@@ -216,7 +216,7 @@ class LatentWorldModel(L.LightningModule):
         # a family whose location is fitted by least squares alone (anchored_mixture) gets its own
         # network for it (the first d parameters), so that the density's gradient does not shape
         # the location's features
-        anchored = getattr(self.family, "needs_mean_term", False)
+        anchored = self.family.needs_mean_term
         self.head = mlp([n_in, H, H, self.family.num_params - (d if anchored else 0)])
         self.anchor_head = mlp([n_in, H, H, d]) if anchored else None
         for head in (self.head, self.anchor_head):
