@@ -234,3 +234,14 @@ def test_evaluate_features_several_uncertainty_scores():
         extra_uncertainty={"a": rng.random(20), "b": rng.random(20)},
     )
     assert {"sel_a@90", "sel_a@50", "sel_b@80"} <= set(res["logreg"])
+
+
+def test_an_anchored_posterior_with_a_detached_location_is_refused():
+    """The coupled ELBO has no least-squares term, so a detached anchor would never be trained."""
+    from varjepa.registry import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.posteriors.sx = AnchoredMixture.*detach_anchor: false"):
+        VarTJEPA(posteriors={"sx": {"name": "anchored_mixture", "components": 2}})
+    model = VarTJEPA(posteriors={"sx": {"name": "anchored_mixture", "components": 2, "detach_anchor": False}})
+    fam = model.families["sx"]
+    assert not fam.detach_anchor and fam.num_params == fam.dim + 2 * (2 * fam.dim + 1)

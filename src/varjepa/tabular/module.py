@@ -125,6 +125,13 @@ class VarTJEPA(L.LightningModule):
                 for k in LATENTS
             }
         )
+        for k, fam in self.families.items():
+            if fam.needs_mean_term:
+                raise ConfigError(
+                    f"model.posteriors.{k} = {type(fam).__name__} with a detached anchor: the coupled "
+                    "ELBO has no term that fits a location by least squares, so the anchor would get no "
+                    "gradient. Set detach_anchor: false or choose another family"
+                )
         self.net: nn.Module | None = None
         self.elbo: ELBO | None = None
         self._total_steps: int | None = None
