@@ -43,6 +43,7 @@ from varjepa.worldmodel.envs import WindyPointMass
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "worldmodel" / "windy_point.yaml"
 LENGTH = 4  # observations in the window, as the default belief
+HISTORY = 16  # observations before an imagined rollout (a training window)
 JUMP = -0.1  # a gust: the southward velocity change exceeds this
 
 
@@ -123,16 +124,20 @@ def carry_on(steps: np.ndarray, threshold: float = -0.12) -> dict:
 
 @torch.no_grad()
 def imagined_steps(ckpt: str, n: int = 20000, y0: float = 0.3, k: int = 4, seed: int = 0) -> np.ndarray:
-    """Decoded y-steps ``[n, k]`` of ``n`` imagined rollouts (zero action) from a noisy window of the
-    mass passing the hazard at height ``y0`` at full speed east (the model's own sampling)."""
+    """Decoded y-steps ``[n, k]`` of ``n`` imagined rollouts (zero action) after ``HISTORY`` noisy
+    observations of the mass passing the hazard at height ``y0`` at full speed east (the model's own
+    sampling). The history is as long as a training window, so that longer window beliefs and
+    recurrent ones are full; the newest ``LENGTH`` observations' noise is drawn first."""
     from varjepa.worldmodel.plan import load_world_model
 
     m = load_world_model(ckpt).eval()
     env, rng = WindyPointMass(), np.random.default_rng(seed)
     vmax = env.accel / (1 - env.damping)
-    pos = np.array([[-0.6 - vmax * (LENGTH - 1 - i), y0] for i in range(LENGTH)])
-    obs = torch.tensor(pos[None] + rng.normal(0, env.obs_noise, (n, LENGTH, 2)), dtype=torch.float32)
-    east = m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, LENGTH - 1, 2)
+    pos = np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
+    newest = rng.normal(0, env.obs_noise, (n, LENGTH, 2))
+    noise = np.concatenate([rng.normal(0, env.obs_noise, (n, HISTORY - LENGTH, 2)), newest], 1)
+    obs = torch.tensor(pos[None] + noise, dtype=torch.float32)
+    east = m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, HISTORY - 1, 2)
     h = m.filter(m.encode(obs), east)[:, -1]
     torch.manual_seed(seed)
     _, z = m.imagine(h, m.normalize_action(torch.zeros(2)).expand(n, k, 2))
