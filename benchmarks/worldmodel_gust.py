@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "worldmodel" / "windy_point.yaml"
 LENGTH = 4  # observations in the window, as the default belief
 HISTORY = 16  # observations before an imagined rollout (a training window)
+PASS_HEIGHTS = (0.15, 0.3, 0.45)  # heights of the passes whose hazard rate is compared
 JUMP = -0.1  # a gust: the southward velocity change exceeds this
 
 
@@ -122,15 +123,11 @@ def carry_on(steps: np.ndarray, threshold: float = -0.12) -> dict:
     return {"gust_share": float(sel.mean()), "mean_steps": mean.tolist(), "ratio": float(mean[1] / mean[0])}
 
 
-@torch.no_grad()
-def imagined_steps(ckpt: str, n: int = 20000, y0: float = 0.3, k: int = 4, seed: int = 0) -> np.ndarray:
-    """Decoded y-steps ``[n, k]`` of ``n`` imagined rollouts (zero action) after ``HISTORY`` noisy
-    observations of the mass passing the hazard at height ``y0`` at full speed east (the model's own
-    sampling). The history is as long as a training window, so that longer window beliefs and
-    recurrent ones are full; the newest ``LENGTH`` observations' noise is drawn first."""
-    from varjepa.worldmodel.plan import load_world_model
-
-    m = load_world_model(ckpt).eval()
+def pass_beliefs(m, n: int, y0: float, seed: int = 0) -> torch.Tensor:
+    """Beliefs ``[n, belief]`` of model ``m`` after ``HISTORY`` noisy observations of the mass passing
+    the hazard at height ``y0`` at full speed east (x = −0.6 at the newest one). The history is as
+    long as a training window, so that longer window beliefs and recurrent ones are full; the newest
+    ``LENGTH`` observations' noise is drawn first."""
     env, rng = WindyPointMass(), np.random.default_rng(seed)
     vmax = env.accel / (1 - env.damping)
     pos = np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
@@ -138,11 +135,57 @@ def imagined_steps(ckpt: str, n: int = 20000, y0: float = 0.3, k: int = 4, seed:
     noise = np.concatenate([rng.normal(0, env.obs_noise, (n, HISTORY - LENGTH, 2)), newest], 1)
     obs = torch.tensor(pos[None] + noise, dtype=torch.float32)
     east = m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, HISTORY - 1, 2)
-    h = m.filter(m.encode(obs), east)[:, -1]
+    return m.filter(m.encode(obs), east)[:, -1]
+
+
+@torch.no_grad()
+def imagined_steps(ckpt: str, n: int = 20000, y0: float = 0.3, k: int = 4, seed: int = 0) -> np.ndarray:
+    """Decoded y-steps ``[n, k]`` of ``n`` imagined rollouts (zero action) after a pass at height ``y0``
+    (:func:`pass_beliefs`; the model's own sampling)."""
+    from varjepa.worldmodel.plan import load_world_model
+
+    m = load_world_model(ckpt).eval()
+    h = pass_beliefs(m, n, y0, seed)
     torch.manual_seed(seed)
     _, z = m.imagine(h, m.normalize_action(torch.zeros(2)).expand(n, k, 2))
     y = (m.decoder(z) * m.obs_std + m.obs_mean)[..., 1].numpy()
     return np.diff(np.concatenate([np.full((n, 1), y0), y], 1), axis=1)
+
+
+def env_hazard_rate(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_kwargs) -> float:
+    """Share of ``n`` episodes of the real environment that enter the hazard within ``k`` steps of
+    full thrust east, from position (−0.6, ``y0``) at the top speed east (the state
+    :func:`pass_beliefs` describes). ``env_kwargs`` change the environment (tests)."""
+    env = WindyPointMass(terminate_on_hazard=False, terminate_on_goal=False, **env_kwargs)
+    vmax = env.accel / (1 - env.damping)
+    east, hits = np.array([1.0, 0.0], np.float32), 0
+    for i in range(n):
+        env.reset(seed=seed + i)
+        env.pos, env.vel = np.array([-0.6, y0]), np.array([vmax, 0.0])
+        hit = False
+        for _ in range(k):
+            hit |= env.step(east)[4]["hazard"]
+        hits += hit
+    return hits / n
+
+
+@torch.no_grad()
+def model_hazard_rate(ckpt: str, y0: float, k: int = 10, n: int = 20000, seed: int = 0) -> dict:
+    """The same question asked of a world model: ``n`` imagined rollouts of ``k`` steps of full thrust
+    east after a pass at height ``y0``. Returns the share whose decoded position enters the hazard
+    rectangle (``decoded``) and the mean over rollouts of the hazard head's largest probability
+    (``head``, what the planner's cost reads)."""
+    from varjepa.worldmodel.plan import load_world_model
+
+    m = load_world_model(ckpt).eval()
+    h = pass_beliefs(m, n, y0, seed)
+    torch.manual_seed(seed)
+    _, z = m.imagine(h, m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, k, 2))
+    xy = (m.decoder(z) * m.obs_std + m.obs_mean).numpy()
+    return {
+        "decoded": float(WindyPointMass().hazard.contains(xy).any(1).mean()),
+        "head": float(torch.sigmoid(m.hazard_logits(z)).amax(1).mean()),
+    }
 
 
 def main() -> None:
@@ -210,6 +253,15 @@ def main() -> None:
             + f": the second step is **{im['ratio']:.2f}** × the first (the environment: "
             f"{damping:.2f}, its damping)."
         )
+        tail = {y0: {"env": env_hazard_rate(y0), **model_hazard_rate(args.ckpt, y0)} for y0 in PASS_HEIGHTS}
+        meta["world_model"]["hazard_within_10"] = tail
+        lines.append(
+            "\nP(hazard within 10 steps of full thrust east, from x = −0.6 at top speed), environment "
+            "against the model's rollouts (decoded position / hazard head):\n\n"
+            "| pass height | environment | model, decoded | model, hazard head |\n|---:|---:|---:|---:|"
+        )
+        for y0, r in tail.items():
+            lines.append(f"| {y0:.2f} | {r['env']:.3f} | {r['decoded']:.3f} | {r['head']:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / args.out  # an absolute --out replaces ROOT

@@ -663,3 +663,17 @@ def test_anchored_mixture_needs_a_term_that_fits_the_mean():
     elbo({"name": "heteroscedastic", "beta_nll": 0.0, "mean_weight": 10.0}).validate(fam)
     shared = POSTERIORS.build({"name": "anchored_mixture", "components": 2, "detach_anchor": False}, dim=3)
     elbo({"name": "heteroscedastic", "beta_nll": 0.0}).validate(shared)
+
+
+def test_softplus_matches_a_float64_reference_in_value_and_gradient():
+    from varjepa.distributions.posteriors import softplus
+
+    grid = [-100.0, -30.0, -17.0, -5.0, -1e-3, 0.0, 1e-3, 1.0, 5.0, 17.0, 30.0, 100.0]
+    x = torch.tensor(grid + list(np.linspace(-8, 8, 101)), requires_grad=True)
+    y = softplus(x)
+    y.sum().backward()
+    xd = x.detach().double().numpy()
+    ref = np.logaddexp(0.0, xd)  # log(1 + e^x) in float64, independently of torch
+    np.testing.assert_allclose(y.detach().double().numpy(), ref, rtol=2e-7, atol=1e-7)
+    np.testing.assert_allclose(x.grad.double().numpy(), 1 / (1 + np.exp(-xd)), rtol=1e-6, atol=1e-7)
+    assert x.grad[grid.index(0.0)] == 0.5  # the kink-free gradient at 0 (relu + log1p(e^−|x|) gives 0 or 1)

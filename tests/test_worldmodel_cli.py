@@ -179,9 +179,9 @@ def test_plan_refuses_a_checkpoint_that_is_not_a_world_model(tmp_path, capsys):
 
 def test_fit_rejects_a_window_shorter_than_burn_in_plus_horizon(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main([*_fit_args(tmp_path), "--data.init_args.window=4"])
+        main([*_fit_args(tmp_path), "--data.init_args.window=4", "--model.init_args.horizon=4"])
     assert e.value.code == 2
-    assert "data.window = 4 but model.burn_in + model.horizon = 5" in capsys.readouterr().err
+    assert "data.window = 4 but model.burn_in + model.horizon = 5" in capsys.readouterr().err  # 1 + 4
     assert not (tmp_path / "runs").exists()
 
 
@@ -227,18 +227,35 @@ def test_pendulum_config_fits_and_plans_without_a_hazard_head(tmp_path, capsys):
     assert row["success"] == 0 and row["hazard"] == 0
 
 
-def test_anchored_overlay_fits_and_plans(tmp_path):
-    """configs/worldmodel/anchored.yaml composes with the windy-point config: the location has its own
-    MLP, the ELBO holds the mse term that fits it, and the checkpoint plans."""
-    args = _fit_args(tmp_path, steps=6)
-    args.insert(2, f"--config={ROOT / 'configs/worldmodel/anchored.yaml'}")
-    cli = run(args)
-    model = cli.model
+def test_default_config_is_the_anchored_recipe_trained_from_the_first_observation(trained):
+    """The windy-point default: an anchored mixture whose location has its own MLP (and the mse term
+    that fits it), a detached encoder, standardised predictor input, and burn_in 1."""
+    tmp, ckpt, _ = trained
+    from varjepa.worldmodel.plan import load_world_model
+
+    model = load_world_model(str(ckpt))
     assert type(model.family).__name__ == "AnchoredMixture" and model.family.components == 5
     assert model.anchor_head is not None and model.hparams.input_norm and model.hparams.detach_belief
+    assert model.hparams.burn_in == 1 and model.hparams.calibration_history == 4
     assert {"nll", "mse", "rec", "hazard"} <= {t.name for t in model.elbo.terms}
+
+
+@pytest.mark.slow
+def test_mixture_overlay_restores_the_previous_default_and_plans(tmp_path):
+    """configs/worldmodel/mixture.yaml composes with the windy-point config: a plain mixture (no mse
+    term: the overlay's objective replaces the default's whole), a jointly trained encoder, burn_in 4
+    (with the warning that planning's first steps extrapolate); the checkpoint plans."""
+    args = _fit_args(tmp_path, steps=6)
+    args.insert(2, f"--config={ROOT / 'configs/worldmodel/mixture.yaml'}")
+    with pytest.warns(UserWarning, match="model.burn_in = 4"):
+        cli = run(args)
+    model = cli.model
+    assert type(model.family).__name__ == "Mixture" and model.family.components == 5
+    assert model.anchor_head is None and not model.hparams.input_norm and not model.hparams.detach_belief
+    assert model.hparams.objective == {"name": "heteroscedastic", "beta_nll": 0.0}
+    assert {t.name for t in model.elbo.terms} == {"nll", "kl", "rec", "hazard"}
     log_dir = Path(cli.trainer.logger.log_dir)
-    assert log_dir.parent.name == "windy_point_anchored"
+    assert log_dir.parent.name == "windy_point_mixture"
     out = tmp_path / "plan"
     plan = [f"--config={CONFIG}", f"--ckpt_path={log_dir / 'checkpoints' / 'last.ckpt'}", "--plan.episodes=1"]
     plan += ["--plan.planners=[cem]", "--plan.objectives=[{name: cvar, alpha: 0.2}]", "--plan.horizon=2"]

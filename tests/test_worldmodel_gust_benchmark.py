@@ -53,3 +53,33 @@ def test_carry_on_selects_gust_like_first_steps_and_reads_the_ratio():
     np.testing.assert_allclose(out["mean_steps"], -push.mean() * 0.6 ** np.arange(4), atol=1e-3)
     np.testing.assert_allclose(out["ratio"], 0.6, atol=0.01)
     assert np.isnan(bench.carry_on(calm)["ratio"])
+
+
+def _hazard_rate_reference(y0: float, k: int, n: int, seed: int) -> float:
+    """The windy point mass's documented dynamics, vectorised independently of the environment class."""
+    from varjepa.worldmodel.envs import WindyPointMass
+
+    env, rng = WindyPointMass(), np.random.default_rng(seed)
+    pos = np.tile([-0.6, y0], (n, 1))
+    vel = np.tile([env.accel / (1 - env.damping), 0.0], (n, 1))
+    hit = np.zeros(n, bool)
+    for _ in range(k):
+        wind = rng.normal(0, env.wind_std, (n, 2))
+        gust = rng.random(n) < env.gust_prob
+        g = rng.uniform(0.5, 1.0, n) * env.gust_strength
+        phi = rng.normal(0, env.gust_spread, n)
+        wind += (gust * g)[:, None] * np.stack([np.sin(phi), -np.cos(phi)], 1)
+        vel = env.damping * vel + env.accel * np.array([1.0, 0.0]) + wind
+        pos = pos + vel
+        hit |= env.hazard.contains(pos)
+    return float(hit.mean())
+
+
+def test_env_hazard_rate_matches_an_independent_simulation_of_the_dynamics():
+    got = bench.env_hazard_rate(0.3, n=2000)
+    ref = _hazard_rate_reference(0.3, 10, 40000, seed=1)
+    se = np.sqrt(ref * (1 - ref) / 2000)
+    assert 0.1 < ref < 0.25  # a gust of average strength carries the mass 0.55 south: a real tail
+    assert abs(got - ref) < 4 * se
+    assert bench.env_hazard_rate(0.3, n=200, gust_prob=0.0) == 0.0  # the breeze alone never reaches it
+    assert bench.env_hazard_rate(0.3, n=200, gust_prob=1.0, gust_spread=0.0) == 1.0

@@ -305,7 +305,8 @@ def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path, belie
         val_check_interval=300,
         check_val_every_n_epoch=None,
     )
-    trainer.fit(m, dm)
+    with pytest.warns(UserWarning, match="model.burn_in = 3: the predictor is never trained"):
+        trainer.fit(m, dm)  # planners start from one observation: burn_in > 1 is flagged
     m.eval()
     with torch.no_grad():
         before = LatentWorldModel(
@@ -326,6 +327,36 @@ def test_training_learns_the_dynamics_and_checkpoints_round_trip(tmp_path, belie
     torch.testing.assert_close(
         k_step_calibration(loaded, test, horizons=(1,), n=19),
         k_step_calibration(m, test, horizons=(1,), n=19),
+    )
+
+
+def test_burn_in_one_trains_from_the_first_observation_and_calibration_keeps_its_own_start():
+    torch.manual_seed(0)
+    m = LatentWorldModel(
+        latent_dim=4, hidden=16, horizon=1, burn_in=1, belief={"name": "window", "length": 4}, spaces=SPACES
+    )
+    assert m.hparams.calibration_history == 4
+    B, W = 2, 8
+    batch = {
+        "obs": torch.randn(B, W, 2),
+        "action": torch.rand(B, W - 1, 2) * 2 - 1,
+        "hazard": torch.zeros(B, W),
+    }
+    out = m(batch)
+    # starts t = 0 .. W - 2: the first prediction sees a single observation (as a planner's first step does)
+    assert out.pred.batch_shape == (B, W - 1)
+    torch.testing.assert_close(out.target, m.encode(batch["obs"], target=True)[:, 1:])
+    h0 = m.update_belief(m.initial_belief(B), m.encode(batch["obs"][:, 0]), torch.zeros(B, 2))
+    torch.testing.assert_close(
+        m.family.mean(out.pred)[:, 0], m.family.mean(m.predict(h0, m.normalize_action(batch["action"][:, 0])))
+    )
+    # coverage is measured from the belief after calibration_history observations, whatever burn_in is
+    m.eval()
+    assert k_step_calibration(m, batch, horizons=(1, 3), n=9) == k_step_calibration(
+        m, batch, horizons=(1, 3), n=9, t0=3
+    )
+    assert k_step_calibration(m, batch, horizons=(1,), n=9) != k_step_calibration(
+        m, batch, horizons=(1,), n=9, t0=0
     )
 
 

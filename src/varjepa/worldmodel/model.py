@@ -24,7 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
@@ -86,7 +86,12 @@ class LatentWorldModel(L.LightningModule):
         horizon: k, steps of the open-loop training rollouts. ``horizon: 1`` trains one step ahead
             on observed histories only (teacher forcing); multi-step predictions are then made by
             feeding samples back, as in PETS.
-        burn_in: observations the belief filters before the first rollout starts.
+        burn_in: observations the belief filters before the first rollout starts. A planner queries
+            the predictor from an episode's first observation on, so keep 1 (the default) for models
+            that plan: with ``burn_in: n`` the predictor never sees a belief of fewer than n
+            observations, and its predictions at an episode's start are extrapolations (a warning
+            says so). With ``burn_in: 4`` and a window of 4, the windy point mass's anchored model
+            imagined the mass rising 2.6 in 3 steps from its first observation (README, world models).
         reconstruction_weight: weight of the ``rec`` term (0 drops the decoder).
         hazard_weight: weight of the ``hazard`` term (0 drops the hazard head, e.g. Pendulum).
         hazard_refit_steps: at the end of fit, refit the hazard head for this many Adam steps on the
@@ -94,8 +99,10 @@ class LatentWorldModel(L.LightningModule):
             target keeps moving during training, so the online head lags it; the refit head is sharp
             (P(hazard) ≈ 0 a step's drift outside the hazard), which CVaR planning needs.
         ema: EMA momentum schedule of the target encoder.
-        calibration_horizons / calibration_samples: k-step coverage logged at validation
-            (``val/coverage90_k{k}``), from ``calibration_samples`` rollouts per window.
+        calibration_horizons / calibration_samples / calibration_history: k-step coverage logged at
+            validation (``val/coverage90_k{k}``), from ``calibration_samples`` rollouts per window
+            that start after ``calibration_history`` observations (independent of ``burn_in``, so
+            that coverage numbers stay comparable).
         lr / weight_decay / betas / warmup / final_lr_ratio: AdamW, warm-up and cosine decay.
         spaces: sizes, observation statistics, action bounds and environment of the data (set by
             :class:`~varjepa.worldmodel.TrajectoryDataModule` in ``setup``; kept in checkpoints).
@@ -118,13 +125,14 @@ class LatentWorldModel(L.LightningModule):
         beta: float | Spec = 0.0,
         regularizers: list[Spec] | None = None,
         horizon: int = 5,
-        burn_in: int = 4,
+        burn_in: int = 1,
         reconstruction_weight: float = 1.0,
         hazard_weight: float = 1.0,
         hazard_refit_steps: int = 2000,
         ema: float | Spec | None = DEFAULT_EMA,
         calibration_horizons: tuple[int, ...] = (1, 5, 10),
         calibration_samples: int = 199,
+        calibration_history: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -150,8 +158,11 @@ class LatentWorldModel(L.LightningModule):
                 "model.detach_belief = true with model.reconstruction_weight = 0 leaves the encoder "
                 "without any gradient; set reconstruction_weight > 0 or detach_belief: false"
             )
-        if any(k < 1 for k in calibration_horizons) or calibration_samples < 2:
-            raise ConfigError("model.calibration_horizons must be >= 1 and calibration_samples >= 2")
+        if any(k < 1 for k in calibration_horizons) or calibration_samples < 2 or calibration_history < 1:
+            raise ConfigError(
+                "model.calibration_horizons and model.calibration_history must be >= 1 and "
+                "model.calibration_samples >= 2"
+            )
         keeps_latest = build_belief(belief, latent_dim, 1, belief_dim).keeps_latest  # bad specs fail here
         if residual and not keeps_latest:
             raise ConfigError(
@@ -277,6 +288,12 @@ class LatentWorldModel(L.LightningModule):
     def on_fit_start(self) -> None:
         self._total_steps = None
         hp = self.hparams
+        if hp.burn_in > 1:
+            rank_zero_warn(
+                f"model.burn_in = {hp.burn_in}: the predictor is never trained on a belief of fewer than "
+                f"{hp.burn_in} observations, but planners query it from an episode's first observation "
+                "on; set model.burn_in: 1 if this model will plan"
+            )
         rank_zero_info(
             f"LatentWorldModel: env={hp.spaces['env']['id']}, posterior={spec_name(hp.posterior)}, "
             f"objective={spec_name(hp.objective)}, latent dim={hp.latent_dim}, horizon={hp.horizon}, "
@@ -465,7 +482,7 @@ class LatentWorldModel(L.LightningModule):
     def _update_calibration(self, batch: dict[str, Tensor]) -> None:
         hp = self.hparams
         ks = [int(k[1:]) for k in self.calibration]
-        t0 = hp.burn_in - 1
+        t0 = hp.calibration_history - 1
         usable = [k for k in ks if t0 + k < batch["obs"].shape[1]]
         if not usable:
             return
