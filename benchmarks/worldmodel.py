@@ -6,7 +6,7 @@ episodes (rank-based, 199 rollouts per window), then run every planner × object
 ``plan:`` section on the same seeded episodes. Prints the tables and writes
 ``benchmarks/results/worldmodel.{json,md}``.
 
-    python benchmarks/worldmodel.py                                  # mixture (the config's family)
+    python benchmarks/worldmodel.py                                  # the config's family (anchored_mixture)
     python benchmarks/worldmodel.py --families mixture,diag_gaussian --episodes 100
     python benchmarks/worldmodel.py --ckpt runs/windy_point/version_0/checkpoints/last.ckpt
 """
@@ -105,7 +105,9 @@ def paired_violations(rows: list[dict]) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs/worldmodel/windy_point.yaml"))
-    p.add_argument("--families", default="mixture", help="comma-separated posterior families")
+    p.add_argument(
+        "--families", default=None, help="comma-separated posterior families (default: the config's own)"
+    )
     p.add_argument(
         "--episodes", type=int, default=None, help="episodes per planner x objective (default: config)"
     )
@@ -121,7 +123,9 @@ def main() -> None:
         settings.episodes = args.episodes
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        families = [f.strip() for f in args.families.split(",") if f.strip()]
+        own = cfg["model"]["init_args"].get("posterior")
+        names = args.families or (own if isinstance(own, str) else (own or {}).get("name", "diag_gaussian"))
+        families = [f.strip() for f in names.split(",") if f.strip()]
         for fam in families if not args.ckpt else ["checkpoint"]:
             t0 = time.perf_counter()
             ckpt = Path(args.ckpt) if args.ckpt else train(Path(args.config), fam, args.steps, Path(tmp))
