@@ -360,6 +360,70 @@ def test_burn_in_one_trains_from_the_first_observation_and_calibration_keeps_its
     )
 
 
+def test_surprise_weights_up_weight_the_step_after_a_surprising_observation():
+    m = _tiny(surprise_weight=3.0, surprise_quantile=0.9)
+    B, S, d = 2, 5, 4
+    params = torch.zeros(B, S, m.family.num_params)  # every prediction: the same diagonal Gaussian
+    target = torch.zeros(B, S, d)
+    target[0, 2] = 5.0  # z_{t+1} of start 2 is far off: the prediction made at start 3 follows a surprise
+    w = m.surprise_weights(params, target)
+    raw = torch.ones(B, S)
+    raw[0, 3] = 4.0  # 1 + surprise_weight
+    torch.testing.assert_close(w, raw / raw.mean())
+    assert w.mean().item() == pytest.approx(1.0)
+    # a start's weight depends on the surprise *before* it: the last start's own target moves nothing
+    target2 = target.clone()
+    target2[1, 4] = 9.0
+    torch.testing.assert_close(m.surprise_weights(params, target2), w)
+
+
+def test_forward_sets_token_weights_only_when_training_with_surprise_weight():
+    torch.manual_seed(0)
+    B, W = 3, 8
+    batch = {
+        "obs": torch.randn(B, W, 2),
+        "action": torch.rand(B, W - 1, 2) * 2 - 1,
+        "hazard": torch.zeros(B, W),
+    }
+    m = _tiny(surprise_weight=3.0).train()
+    out = m(batch)
+    k = 3  # starts t = burn_in - 1 .. W - 1 - k = 1 .. 4
+    assert out.token_weights.shape == (B, 4 * k) and out.token_weights.mean().item() == pytest.approx(1.0)
+    # the k predictions of one start share its weight
+    torch.testing.assert_close(
+        out.token_weights.view(B, 4, k), out.token_weights.view(B, 4, k)[..., :1].expand(B, 4, k)
+    )
+    assert m.eval()(batch).token_weights is None
+    assert _tiny().train()(batch).token_weights is None
+    with pytest.raises(ConfigError, match="surprise_weight"):
+        _tiny(surprise_weight=-1.0)
+    with pytest.raises(ConfigError, match="surprise_quantile"):
+        _tiny(surprise_quantile=1.0)
+    with pytest.raises(ConfigError, match="does not have"):
+        _tiny(surprise_weight=1.0, posterior="dirac", objective="jepa")
+
+
+def test_per_token_terms_average_under_token_weights():
+    from varjepa.objectives import JEPAOutputs
+    from varjepa.objectives.terms import Regression, TargetNLL
+
+    torch.manual_seed(0)
+    fam = POSTERIORS.build("diag_gaussian", dim=3)
+    pred = fam(torch.randn(2, 5, fam.num_params))
+    target = torch.randn(2, 5, 3)
+    w = torch.rand(2, 5) + 0.5
+    w = w / w.mean()
+    nll_tok = -pred.log_prob(target)  # [2, 5]
+    mse_tok = (fam.mean(pred) - target).square().mean(-1)
+    for term, per_token in ((TargetNLL("nll"), nll_tok), (Regression("mse"), mse_tok)):
+        plain = term(JEPAOutputs(pred=pred, family=fam, target=target))
+        weighted = term(JEPAOutputs(pred=pred, family=fam, target=target, token_weights=w))
+        torch.testing.assert_close(plain, per_token.mean())
+        torch.testing.assert_close(weighted, (w * per_token).sum() / w.numel())
+        ones = term(JEPAOutputs(pred=pred, family=fam, target=target, token_weights=torch.ones(2, 5)))
+        torch.testing.assert_close(ones, plain)
+
+
 # -------------------------------------------------------------------------- planners
 class ToyModel(torch.nn.Module):
     """A stand-in world model with known optima. Latent ``[x, disaster]``: ``x`` moves by the action

@@ -23,6 +23,10 @@ class JEPAOutputs:
         target_dist: the target encoder's distribution ``q̄(z_t | x)`` (target-posterior ELBO).
         target_family: the family that built ``target_dist``.
         extras: anything else a custom term needs (images, context tokens, indices, ...).
+        token_weights: optional weights ``[B, T]`` (mean 1) of the target tokens in every per-token
+            term's average (:meth:`token_mean`); None is the plain mean. A world model sets them from
+            its inputs only (``model.surprise_weight``), which leaves the conditional that each
+            term is minimised by unchanged.
 
     Monte Carlo terms share their reparameterised draws through :meth:`rsample`: the ELBO first
     :meth:`reserve` s what every term asks for, then one draw of the largest size serves them all
@@ -36,6 +40,7 @@ class JEPAOutputs:
     target_dist: Distribution | None = None
     target_family: PosteriorFamily | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    token_weights: Tensor | None = None
     _reserved: dict[str, int] = field(default_factory=dict, repr=False)
     _draws: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
@@ -45,6 +50,13 @@ class JEPAOutputs:
         if source == "target" and self.target_dist is not None:
             return self.target_dist
         raise ValueError(f"no distribution '{source}' in these outputs (allowed: pred, target)")
+
+    def token_mean(self, x: Tensor) -> Tensor:
+        """Mean of per-token values ``x`` ``[..., B, T]`` (leading sample dimensions allowed) under
+        :attr:`token_weights` (the plain mean without)."""
+        if self.token_weights is None:
+            return x.mean()
+        return (self.token_weights.to(x.dtype) * x).mean()
 
     def reserve(self, source: str, num_samples: int) -> None:
         """Announce that a term will ask for ``num_samples`` draws of ``source`` ("pred"/"target")."""

@@ -2,7 +2,7 @@
 the :class:`~varjepa.objectives.elbo.ELBO` weights it by its own schedule and logs it.
 
 Losses are per token: summed over the d latent dimensions, averaged over target tokens and
-the batch. Terms are ``nn.Module``s so they may own parameters (priors, likelihoods,
+the batch (weighted by :attr:`JEPAOutputs.token_weights` when a model sets them). Terms are ``nn.Module``s so they may own parameters (priors, likelihoods,
 decoders of later presets).
 """
 
@@ -96,15 +96,15 @@ class ExpectedNLL(Term):
         fam, target = out.family, out.target.float()
         if self._closed_form(out):
             self.method = ANALYTIC
-            return self.likelihood.expected_nll(
-                fam.mean(out.pred), fam.marginal_variance(out.pred), target
-            ).mean()
+            return out.token_mean(
+                self.likelihood.expected_nll(fam.mean(out.pred), fam.marginal_variance(out.pred), target)
+            )
         self.method = MONTE_CARLO
         if fam.stochastic:
             z = out.rsample("pred", self.num_samples)  # [S, B, T, d], shared with other terms
         else:
             z = out.family.mean(out.pred).unsqueeze(0)
-        return -self.likelihood(z).log_prob(target).mean()
+        return -out.token_mean(self.likelihood(z).log_prob(target))
 
 
 class KLToPrior(Term):
@@ -153,7 +153,7 @@ class KLToPrior(Term):
         kl, self.method = kl_divergence(
             q, self.prior(), self.num_samples, sampler=lambda n: out.rsample(self.source, n)
         )
-        return kl.mean()
+        return out.token_mean(kl)
 
 
 class PredictiveNLL(Term):
@@ -181,7 +181,7 @@ class PredictiveNLL(Term):
             z = out.rsample("target", self.num_samples)  # shared with a Monte Carlo KL
         else:
             z = out.target_family.mean(out.target_dist).unsqueeze(0)
-        return -out.pred.log_prob(z).mean()
+        return -out.token_mean(out.pred.log_prob(z))
 
 
 class Regression(Term):
@@ -199,7 +199,9 @@ class Regression(Term):
     def forward(self, out: JEPAOutputs) -> Tensor:
         pred = out.family.mean(out.pred)
         fn = F.mse_loss if self.loss == "mse" else F.smooth_l1_loss
-        return fn(pred, out.target.to(pred.dtype))
+        if out.token_weights is None:
+            return fn(pred, out.target.to(pred.dtype))
+        return out.token_mean(fn(pred, out.target.to(pred.dtype), reduction="none").mean(-1))
 
 
 def as_float(x: Tensor | float) -> float:
@@ -239,10 +241,10 @@ class TargetNLL(Term):
         target = out.target.float()
         pred = out.pred
         if self.beta_nll == 0:
-            return -pred.log_prob(target).mean()
+            return -out.token_mean(pred.log_prob(target))
         if isinstance(pred, Independent) and isinstance(pred.base_dist, Normal):
             nll = -pred.base_dist.log_prob(target)  # [B, T, d]
             w = pred.base_dist.scale.detach().square().pow(self.beta_nll)
-            return (w * nll).sum(-1).mean()
+            return out.token_mean((w * nll).sum(-1))
         w = out.family.marginal_variance(pred).detach().mean(-1).pow(self.beta_nll)  # [B, T]
-        return -(w * pred.log_prob(target)).mean()
+        return -out.token_mean(w * pred.log_prob(target))

@@ -79,6 +79,13 @@ class LatentWorldModel(L.LightningModule):
         detach_belief: the predictor's loss does not reach the encoder through the belief, so the
             encoder learns from the reconstruction term only (needs ``reconstruction_weight > 0``)
             and cannot make jumps it finds hard to predict less visible.
+        surprise_weight / surprise_quantile: weight ``1 + surprise_weight`` (then normalised to mean
+            1) for the training predictions made right after a surprising observation: one whose
+            NLL under the previous step's prediction is above the batch's ``surprise_quantile``.
+            The weight depends on the history only, so the conditional each term is minimised by
+            is unchanged, but the rare transitions after a surprise (the steps after a gust) get
+            the effort. 0 (default) is off. On the windy point mass, 3 fits the real hazard tail
+            (README, world models). Needs a stochastic posterior family.
         encoder_depth: hidden layers of the observation encoder.
         posterior: family of ``p(z_{t+1} | h_t, a_t)`` (registry name, ``{name, **opts}``).
         prior / likelihood / objective / beta: as for :class:`~varjepa.VarJEPA`.
@@ -117,6 +124,8 @@ class LatentWorldModel(L.LightningModule):
         residual: bool = False,
         input_norm: bool = False,
         detach_belief: bool = False,
+        surprise_weight: float = 0.0,
+        surprise_quantile: float = 0.95,
         encoder_depth: int = 2,
         posterior: Spec = "diag_gaussian",
         prior: Spec = "standard_normal",
@@ -153,6 +162,11 @@ class LatentWorldModel(L.LightningModule):
             raise ConfigError(f"model.hazard_refit_steps = {hazard_refit_steps}; must be >= 0")
         if reconstruction_weight < 0 or hazard_weight < 0:
             raise ConfigError("model.reconstruction_weight and model.hazard_weight must be >= 0")
+        if surprise_weight < 0 or not 0 < surprise_quantile < 1:
+            raise ConfigError(
+                f"model.surprise_weight = {surprise_weight} must be >= 0 and model.surprise_quantile = "
+                f"{surprise_quantile} in (0, 1)"
+            )
         if detach_belief and reconstruction_weight == 0:
             raise ConfigError(
                 "model.detach_belief = true with model.reconstruction_weight = 0 leaves the encoder "
@@ -185,6 +199,11 @@ class LatentWorldModel(L.LightningModule):
             terms.append(HazardBCE("hazard", weight=build_schedule(hazard_weight, "model")))
         self.elbo = ELBO(terms)
         self.elbo.validate(self.family, None)
+        if surprise_weight > 0 and not self.family.stochastic:
+            raise ConfigError(
+                f"model.surprise_weight = {surprise_weight} reads the predictor's density, which "
+                f"model.posterior = {spec_name(posterior)!r} does not have; use a stochastic family"
+            )
         self.ema_spec = ema
         if ema is not None:
             EMA(ema)
@@ -427,6 +446,12 @@ class LatentWorldModel(L.LightningModule):
         params, _ = self.imagine(h[:, starts].reshape(B * S, -1), act[:, offs].reshape(B * S, k, -1))
         pred = self.family(params.reshape(B, S * k, -1))
         target = zbar[:, offs + 1].reshape(B, S * k, -1)
+        weights = None
+        if hp.surprise_weight > 0 and self.training and S > 1:
+            weights = self.surprise_weights(
+                params.reshape(B, S, k, -1)[:, :, 0], target.reshape(B, S, k, -1)[:, :, 0]
+            )
+            weights = weights.repeat_interleave(k, dim=1)
         extras: dict[str, Any] = {"context_tokens": z, "batch": batch, "step": self.global_step}
         if self.decoder is not None:
             extras.update(
@@ -436,7 +461,23 @@ class LatentWorldModel(L.LightningModule):
             )
         if self.hazard_head is not None:
             extras.update(hazard_logits=self.hazard_logits(zbar), hazard=batch["hazard"])
-        return JEPAOutputs(pred=pred, family=self.family, target=target, extras=extras)
+        return JEPAOutputs(pred=pred, family=self.family, target=target, extras=extras, token_weights=weights)
+
+    @torch.no_grad()
+    def surprise_weights(self, params: Tensor, target: Tensor) -> Tensor:
+        """Per-start loss weights ``[B, S]`` from one-step predictions ``params`` ``[B, S, P]`` of the
+        observed latents ``target`` ``[B, S, d]`` of consecutive starts: the prediction made at start
+        ``t`` gets ``1 + surprise_weight`` if the newest latent it sees, ``z_t``, was among the
+        batch's most surprising (NLL above the ``surprise_quantile``) under the prediction of start
+        ``t − 1``, else 1; normalised to mean 1. The weight depends on the inputs only, so the
+        conditional the NLL is minimised by is unchanged; it moves effort to the rare transitions
+        after a surprise (a gust's momentum)."""
+        hp = self.hparams
+        nll = -self.family(params.float()).log_prob(target.float())  # [B, S]: surprise of z_{t+1}
+        seen = torch.cat([nll.new_full((nll.shape[0], 1), -torch.inf), nll[:, :-1]], 1)
+        thr = torch.quantile(nll[:, :-1].flatten(), hp.surprise_quantile)
+        w = 1 + hp.surprise_weight * (seen > thr).float()
+        return w / w.mean()
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
