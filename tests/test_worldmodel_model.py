@@ -51,6 +51,15 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def _batch(B: int, W: int) -> dict[str, torch.Tensor]:
+    """Random windows of ``W`` observations and the ``W − 1`` actions between them."""
+    return {
+        "obs": torch.randn(B, W, 2),
+        "action": torch.rand(B, W - 1, 2) * 2 - 1,
+        "hazard": torch.zeros(B, W),
+    }
+
+
 def _tiny(**kw) -> LatentWorldModel:
     args = {"latent_dim": 4, "hidden": 16, "belief_dim": 8, "horizon": 3, "burn_in": 2, "spaces": SPACES}
     return LatentWorldModel(**{**args, **kw})
@@ -131,11 +140,7 @@ def test_forward_rolls_out_every_start_and_aligns_targets():
     torch.manual_seed(0)
     m = _tiny()
     B, W = 3, 8
-    batch = {
-        "obs": torch.randn(B, W, 2),
-        "action": torch.rand(B, W - 1, 2) * 2 - 1,
-        "hazard": torch.zeros(B, W),
-    }
+    batch = _batch(B, W)
     out = m(batch)
     S, k = W - 3 - 1 + 1 - 1, 3  # starts t = burn_in-1 .. W-1-k  -> 1..4
     assert S == 4
@@ -337,11 +342,7 @@ def test_burn_in_one_trains_from_the_first_observation_and_calibration_keeps_its
     )
     assert m.hparams.calibration_history == 4
     B, W = 2, 8
-    batch = {
-        "obs": torch.randn(B, W, 2),
-        "action": torch.rand(B, W - 1, 2) * 2 - 1,
-        "hazard": torch.zeros(B, W),
-    }
+    batch = _batch(B, W)
     out = m(batch)
     # starts t = 0 .. W - 2: the first prediction sees a single observation (as a planner's first step does)
     assert out.pred.batch_shape == (B, W - 1)
@@ -380,11 +381,7 @@ def test_surprise_weights_up_weight_the_step_after_a_surprising_observation():
 def test_forward_sets_token_weights_only_when_training_with_surprise_weight():
     torch.manual_seed(0)
     B, W = 3, 8
-    batch = {
-        "obs": torch.randn(B, W, 2),
-        "action": torch.rand(B, W - 1, 2) * 2 - 1,
-        "hazard": torch.zeros(B, W),
-    }
+    batch = _batch(B, W)
     m = _tiny(surprise_weight=3.0).train()
     out = m(batch)
     k = 3  # starts t = burn_in - 1 .. W - 1 - k = 1 .. 4
