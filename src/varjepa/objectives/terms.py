@@ -2,8 +2,8 @@
 the :class:`~varjepa.objectives.elbo.ELBO` weights it by its own schedule and logs it.
 
 Losses are per token: summed over the d latent dimensions, averaged over target tokens and
-the batch (weighted by :attr:`JEPAOutputs.token_weights` when a model sets them). Terms are ``nn.Module``s so they may own parameters (priors, likelihoods,
-decoders of later presets).
+the batch (weighted by :attr:`JEPAOutputs.token_weights` when a model sets them). Terms are
+``nn.Module``s so they may own parameters (priors, likelihoods, decoders of later presets).
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def k_step_calibration(
     seed: int = 0,
 ) -> dict[str, float]:
     """Coverage@50/@90 (rank-based), mean predictive std and RMSE of the sample mean at each horizon,
-    from the belief after observation ``t0`` (default: the model's ``calibration_history`` − 1) of every window of ``batch``:
+    from the belief after observation ``t0`` (default: the model's ``calibration_history`` − 1) of
+    every window of ``batch``:
     ``{"coverage90_k1": ..., "coverage50_k1": ..., "std_k1": ..., "rmse_k1": ..., ...}``."""
     t0 = model.hparams.calibration_history - 1 if t0 is None else t0
     samples, target = rollout_samples(model, batch, t0, max(horizons), n, seed)

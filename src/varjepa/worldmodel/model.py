@@ -81,7 +81,8 @@ class LatentWorldModel(L.LightningModule):
             and cannot make jumps it finds hard to predict less visible.
         surprise_weight / surprise_quantile: weight ``1 + surprise_weight`` (then normalised to mean
             1) for the training predictions made right after a surprising observation: one whose
-            NLL under the previous step's prediction is above the batch's ``surprise_quantile``.
+            NLL under the previous step's prediction is above the ``surprise_quantile`` of the
+            batch's one-step NLLs.
             The weight depends on the history only, so the conditional each term is minimised by
             is unchanged, but the rare transitions after a surprise (the steps after a gust) get
             the effort. 0 (default) is off. On the windy point mass, 3 fits the real hazard tail
