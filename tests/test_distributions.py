@@ -677,3 +677,10 @@ def test_softplus_matches_a_float64_reference_in_value_and_gradient():
     np.testing.assert_allclose(y.detach().double().numpy(), ref, rtol=2e-7, atol=1e-7)
     np.testing.assert_allclose(x.grad.double().numpy(), 1 / (1 + np.exp(-xd)), rtol=1e-6, atol=1e-7)
     assert x.grad[grid.index(0.0)] == 0.5  # the kink-free gradient at 0 (relu + log1p(e^−|x|) gives 0 or 1)
+
+
+def test_bounded_std_is_finite_at_infinite_raw_values():
+    from varjepa.distributions.posteriors import bounded_std
+
+    std = bounded_std(torch.tensor([float("inf"), -float("inf"), 0.0, 50.0]), 1e-3, 10.0)
+    torch.testing.assert_close(std, torch.tensor([10.0, 1e-3, float(np.log(2)) + 1e-3, 10.0]))

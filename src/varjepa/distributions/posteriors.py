@@ -38,8 +38,10 @@ def softplus(x: Tensor) -> Tensor:
 
 
 def bounded_std(raw: Tensor, min_std: float, max_std: float) -> Tensor:
-    """``softplus(raw) + min_std`` clamped to ``max_std``; same shape as ``raw``."""
-    return (softplus(raw) + min_std).clamp(max=max_std)
+    """``softplus(raw) + min_std`` clamped to ``max_std``; same shape as ``raw``. ``raw`` is clamped
+    at ``max_std`` first (``softplus(x) > x``, so nothing changes below the bound, and ``+inf``
+    gives ``max_std`` instead of NaN)."""
+    return (softplus(raw.clamp(max=max_std)) + min_std).clamp(max=max_std)
 
 
 def inverse_bounded_std(std: float, min_std: float) -> float:

@@ -23,10 +23,11 @@ class JEPAOutputs:
         target_dist: the target encoder's distribution ``q̄(z_t | x)`` (target-posterior ELBO).
         target_family: the family that built ``target_dist``.
         extras: anything else a custom term needs (images, context tokens, indices, ...).
-        token_weights: optional weights ``[B, T]`` (mean 1) of the target tokens in every per-token
-            term's average (:meth:`token_mean`); None is the plain mean. A world model sets them from
-            its inputs only (``model.surprise_weight``), which leaves the conditional that each
-            term is minimised by unchanged.
+        token_weights: optional weights ``[B, T]`` (mean 1) of the target tokens in the averages of
+            the per-token terms of :mod:`~varjepa.objectives.terms` (:meth:`token_mean`); None is
+            the plain mean. The coupled (tabular) terms do not read them. A world model sets them
+            from the observed history, never from the target a token scores
+            (``model.surprise_weight``).
 
     Monte Carlo terms share their reparameterised draws through :meth:`rsample`: the ELBO first
     :meth:`reserve` s what every term asks for, then one draw of the largest size serves them all
@@ -53,7 +54,7 @@ class JEPAOutputs:
 
     def token_mean(self, x: Tensor) -> Tensor:
         """Mean of per-token values ``x`` ``[..., B, T]`` (leading sample dimensions allowed) under
-        :attr:`token_weights` (the plain mean without)."""
+        :attr:`token_weights`, which are assumed to average 1 (the plain mean without)."""
         if self.token_weights is None:
             return x.mean()
         return (self.token_weights.to(x.dtype) * x).mean()

@@ -83,10 +83,13 @@ class LatentWorldModel(L.LightningModule):
             1) for the training predictions made right after a surprising observation: one whose
             NLL under the previous step's prediction is above the ``surprise_quantile`` of the
             batch's one-step NLLs.
-            The weight depends on the history only, so the conditional each term is minimised by
-            is unchanged, but the rare transitions after a surprise (the steps after a gust) get
-            the effort. 0 (default) is off. On the windy point mass, 3 fits the real hazard tail
-            (README, world models). Needs a stochastic posterior family.
+            The weight reads the observed history, never the target it scores, so the optimum
+            moves little, but the rare transitions after a surprise (the steps after a gust) get
+            the effort. It is not exactly input-only: the threshold and the normalisation are batch
+            statistics, and the surprise at ``t`` reads the belief at ``t − 1``, one observation
+            older than the predictor's window. Predictions from a short history (``burn_in: 1``)
+            are surprising too and share the up-weighting. 0 (default) is off. On the windy point
+            mass, 3 fits the real hazard tail (README, world models). Needs a stochastic family.
         encoder_depth: hidden layers of the observation encoder.
         posterior: family of ``p(z_{t+1} | h_t, a_t)`` (registry name, ``{name, **opts}``).
         prior / likelihood / objective / beta: as for :class:`~varjepa.VarJEPA`.
@@ -470,9 +473,9 @@ class LatentWorldModel(L.LightningModule):
         observed latents ``target`` ``[B, S, d]`` of consecutive starts: the prediction made at start
         ``t`` gets ``1 + surprise_weight`` if the newest latent it sees, ``z_t``, was among the
         batch's most surprising (NLL above the ``surprise_quantile``) under the prediction of start
-        ``t − 1``, else 1; normalised to mean 1. The weight depends on the inputs only, so the
-        conditional the NLL is minimised by is unchanged; it moves effort to the rare transitions
-        after a surprise (a gust's momentum)."""
+        ``t − 1``, else 1; normalised to mean 1. The weight reads the history, never the target it
+        scores (up to the batch-level threshold and normalisation), so it moves effort to the rare
+        transitions after a surprise (a gust's momentum) and the optimum little."""
         hp = self.hparams
         nll = -self.family(params.float()).log_prob(target.float())  # [B, S]: surprise of z_{t+1}
         seen = torch.cat([nll.new_full((nll.shape[0], 1), -torch.inf), nll[:, :-1]], 1)
