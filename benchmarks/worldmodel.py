@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from varjepa.cli import run
+from varjepa.registry import spec_name
 from varjepa.worldmodel import TrajectoryDataModule, k_step_calibration
 from varjepa.worldmodel.data import windows_of
 from varjepa.worldmodel.plan import PlanSettings, evaluate_planners, load_world_model, table_markdown
@@ -124,7 +125,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         own = cfg["model"]["init_args"].get("posterior")
-        names = args.families or (own if isinstance(own, str) else (own or {}).get("name", "diag_gaussian"))
+        names = args.families or spec_name(own or "diag_gaussian")  # the model's default family
         families = [f.strip() for f in names.split(",") if f.strip()]
         for fam in families if not args.ckpt else ["checkpoint"]:
             t0 = time.perf_counter()

@@ -84,12 +84,9 @@ def regressors(seed: int) -> dict:
 
 
 @torch.no_grad()
-def world_model_steps(ckpt: str, dm, damping: float) -> dict:
-    """Median projection of the world model's predicted mean latent step on the observed one,
+def world_model_steps(m, dm, damping: float) -> dict:
+    """Median projection of world model ``m``'s predicted mean latent step on the observed one,
     after gusts and on other steps (test episodes)."""
-    from varjepa.worldmodel.plan import load_world_model
-
-    m = load_world_model(ckpt)
     r, after, other = dm.rollouts, [], []
     for e in dm.split_episodes["test"]:
         n = int(r.length[e])
@@ -123,6 +120,11 @@ def carry_on(steps: np.ndarray, threshold: float = -0.12) -> dict:
     return {"gust_share": float(sel.mean()), "mean_steps": mean.tolist(), "ratio": float(mean[1] / mean[0])}
 
 
+def decoded_positions(m, z: torch.Tensor) -> np.ndarray:
+    """Raw observations ``[..., O]`` that world model ``m``'s decoder gives for latents ``z`` ``[..., d]``."""
+    return (m.decoder(z) * m.obs_std + m.obs_mean).numpy()
+
+
 def pass_beliefs(m, n: int, y0: float, seed: int = 0) -> torch.Tensor:
     """Beliefs ``[n, belief]`` of model ``m`` after ``HISTORY`` noisy observations of the mass passing
     the hazard at height ``y0`` at full speed east (x = −0.6 at the newest one). The history is as
@@ -139,16 +141,13 @@ def pass_beliefs(m, n: int, y0: float, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def imagined_steps(ckpt: str, n: int = 20000, y0: float = 0.3, k: int = 4, seed: int = 0) -> np.ndarray:
+def imagined_steps(m, n: int = 20000, y0: float = 0.3, k: int = 4, seed: int = 0) -> np.ndarray:
     """Decoded y-steps ``[n, k]`` of ``n`` imagined rollouts (zero action) after a pass at height ``y0``
-    (:func:`pass_beliefs`; the model's own sampling)."""
-    from varjepa.worldmodel.plan import load_world_model
-
-    m = load_world_model(ckpt).eval()
+    (:func:`pass_beliefs`; the model's own sampling) of world model ``m`` (in eval mode)."""
     h = pass_beliefs(m, n, y0, seed)
     torch.manual_seed(seed)
     _, z = m.imagine(h, m.normalize_action(torch.zeros(2)).expand(n, k, 2))
-    y = (m.decoder(z) * m.obs_std + m.obs_mean)[..., 1].numpy()
+    y = decoded_positions(m, z)[..., 1]
     return np.diff(np.concatenate([np.full((n, 1), y0), y], 1), axis=1)
 
 
@@ -170,18 +169,15 @@ def env_hazard_rate(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_
 
 
 @torch.no_grad()
-def model_hazard_rate(ckpt: str, y0: float, k: int = 10, n: int = 20000, seed: int = 0) -> dict:
+def model_hazard_rate(m, y0: float, k: int = 10, n: int = 20000, seed: int = 0) -> dict:
     """The same question asked of a world model: ``n`` imagined rollouts of ``k`` steps of full thrust
     east after a pass at height ``y0``. Returns the share whose decoded position enters the hazard
     rectangle (``decoded``) and the mean over rollouts of the hazard head's largest probability
     (``head``, what the planner's cost reads)."""
-    from varjepa.worldmodel.plan import load_world_model
-
-    m = load_world_model(ckpt).eval()
     h = pass_beliefs(m, n, y0, seed)
     torch.manual_seed(seed)
     _, z = m.imagine(h, m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, k, 2))
-    xy = (m.decoder(z) * m.obs_std + m.obs_mean).numpy()
+    xy = decoded_positions(m, z)
     return {
         "decoded": float(WindyPointMass().hazard.contains(xy).any(1).mean()),
         "head": float(torch.sigmoid(m.hazard_logits(z)).amax(1).mean()),
@@ -236,14 +232,17 @@ def main() -> None:
         )
     meta = {"rows": rows, "train_transitions": n_train, "train_gusts": n_gust, "test_gusts": n_test}
     if args.ckpt:
-        wm = world_model_steps(args.ckpt, dm, damping)
+        from varjepa.worldmodel.plan import load_world_model
+
+        m = load_world_model(args.ckpt).eval()  # loaded once for every measurement below
+        wm = world_model_steps(m, dm, damping)
         meta["world_model"] = {"ckpt": args.ckpt, **wm}
         lines.append(
             f"\nWorld model `{args.ckpt}`: projection of the predicted mean latent step on the observed "
             f"one, median after {wm['gusts']} gusts **{wm['after_gust']:.2f}**, on other steps "
             f"{wm['other_steps']:.2f} (1 = the whole step predicted)."
         )
-        im = carry_on(imagined_steps(args.ckpt))
+        im = carry_on(imagined_steps(m))
         meta["world_model"]["imagined"] = im
         lines.append(
             f"\nIn its own rollouts (20,000 from a pass at y = 0.3, zero action, decoded), "
@@ -253,7 +252,7 @@ def main() -> None:
             + f": the second step is **{im['ratio']:.2f}** × the first (the environment: "
             f"{damping:.2f}, its damping)."
         )
-        tail = {y0: {"env": env_hazard_rate(y0), **model_hazard_rate(args.ckpt, y0)} for y0 in PASS_HEIGHTS}
+        tail = {y0: {"env": env_hazard_rate(y0), **model_hazard_rate(m, y0)} for y0 in PASS_HEIGHTS}
         meta["world_model"]["hazard_within_10"] = tail
         lines.append(
             "\nP(hazard within 10 steps of full thrust east, from x = −0.6 at top speed), environment "
