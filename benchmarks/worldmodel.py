@@ -27,7 +27,15 @@ from varjepa.cli import run
 from varjepa.registry import spec_name
 from varjepa.worldmodel import TrajectoryDataModule, k_step_calibration
 from varjepa.worldmodel.data import windows_of
-from varjepa.worldmodel.plan import PlanSettings, evaluate_planners, load_world_model, table_markdown
+from varjepa.worldmodel.plan import (
+    PAIRED_NOTE,
+    PlanSettings,
+    evaluate_planners,
+    load_world_model,
+    paired_markdown,
+    paired_violations,
+    table_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_SPECS = {
@@ -70,37 +78,6 @@ def calibration(model, data_cfg: dict, horizons=(1, 5, 10)) -> dict[str, float]:
     dm.setup("fit")
     batch = windows_of(dm.rollouts, dm.split_episodes["test"].tolist(), dm.window)
     return k_step_calibration(model, batch, horizons=horizons, n=199)
-
-
-def paired_violations(rows: list[dict]) -> list[dict]:
-    """Per planner, each objective against ``expected`` on the same seeded episodes: episodes that
-    only one of the two ends in the hazard, the cut ``1 − v_obj / v_expected`` and the exact
-    two-sided McNemar p-value (binomial test on the discordant episodes)."""
-    from varjepa.eval.paired import mcnemar_exact
-
-    out = []
-    for r in rows:
-        if r["objective"] == "expected":
-            continue
-        base = next(b for b in rows if b["planner"] == r["planner"] and b["objective"] == "expected")
-        haz_b = {e.seed: e.hazard for e in base["episodes_detail"]}
-        haz_r = {e.seed: e.hazard for e in r["episodes_detail"]}
-        only_b = sum(haz_b[s] and not haz_r[s] for s in haz_r)
-        only_r = sum(haz_r[s] and not haz_b[s] for s in haz_r)
-        n_b, n_r = sum(haz_b.values()), sum(haz_r.values())
-        out.append(
-            {
-                "planner": r["planner"],
-                "objective": r["objective"],
-                "violations_expected": n_b,
-                "violations": n_r,
-                "only_expected": only_b,
-                "only_objective": only_r,
-                "cut": 1 - n_r / n_b if n_b else float("nan"),
-                "mcnemar_p": mcnemar_exact(only_b, only_r),
-            }
-        )
-    return out
 
 
 def main() -> None:
@@ -181,16 +158,9 @@ def main() -> None:
             "",
             table_markdown(r["planning"], settings.worst_share),
             "",
-            "Paired against `expected` on the same episodes: violations, episodes only one of the two "
-            "ends in the hazard, the cut in violations and the exact McNemar p-value.",
+            PAIRED_NOTE,
             "",
-            "| planner | objective | violations (expected → objective) | only expected | only objective | cut | McNemar p |",
-            "|---|---|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {q['planner']} | {q['objective']} | {q['violations_expected']} → {q['violations']} | "
-            f"{q['only_expected']} | {q['only_objective']} | {q['cut']:.0%} | {q['mcnemar_p']:.2f} |"
-            for q in r.get("paired", [])
+            paired_markdown(r.get("paired", [])),
         ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")

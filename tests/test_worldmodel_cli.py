@@ -12,7 +12,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from varjepa.cli import main, run
-from varjepa.worldmodel.plan import EpisodeResult, PlanSettings, summarize, table_markdown
+from varjepa.worldmodel.plan import (
+    EpisodeResult,
+    PlanSettings,
+    paired_markdown,
+    paired_violations,
+    pool_paired,
+    summarize,
+    table_markdown,
+)
 from varjepa.worldmodel.plan import main as plan_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +133,19 @@ def test_plan_writes_table_pictures_and_events(trained, capsys):
     ea.Reload()
     assert "plan/trajectories/cem_expected" in ea.Tags()["images"]
     assert "plan/cem_cvar0.25/hazard" in ea.Tags()["scalars"]
+    # each objective is paired with its planner's risk-neutral row, in the JSON, the file and stdout
+    assert [(q["planner"], q["objective"], q["episodes"]) for q in data["paired"]] == [
+        ("cem", "cvar0.25", 2),
+        ("mppi", "cvar0.25", 2),
+    ]
+    for q in data["paired"]:
+        assert q["violations"] == sum(
+            e["hazard"]
+            for r in data["rows"]
+            if r["planner"] == q["planner"] and r["objective"] == "cvar0.25"
+            for e in r["episodes_detail"]
+        )
+    assert "McNemar" in printed and "McNemar" in (out / "plan.md").read_text()
 
 
 def test_summary_and_table_are_computed_from_the_episodes():
@@ -149,6 +170,59 @@ def test_summary_and_table_are_computed_from_the_episodes():
     assert (
         "| cem | expected | 0.50 | 0.25 | -42.0 | -70.0 | 29.5 | 20.0 |" in md and "worst 25 % return" in md
     )
+
+
+def _episodes(hazard_seeds, seeds=range(20)):
+    return [EpisodeResult(s, -1.0, s not in hazard_seeds, s in hazard_seeds, 5, 1.0) for s in seeds]
+
+
+def test_objectives_are_paired_with_the_risk_neutral_row_by_episode_seed():
+    rows = [
+        {"planner": "cem", "objective": "expected", "episodes_detail": _episodes({0, 1, 2, 3, 4, 5})},
+        {"planner": "cem", "objective": "cvar0.2", "episodes_detail": _episodes({5, 9})},
+        {"planner": "mppi", "objective": "expected", "episodes_detail": _episodes(set())},
+        {"planner": "mppi", "objective": "cvar0.2", "episodes_detail": _episodes(set())},
+        {"planner": "random", "objective": "cvar0.2", "episodes_detail": _episodes({1})},  # no baseline
+    ]
+    cem, mppi = paired_violations(rows)
+    got = (cem["violations_expected"], cem["violations"], cem["only_expected"], cem["only_objective"])
+    assert got == (6, 2, 5, 1) and cem["episodes"] == 20
+    assert cem["cut"] == pytest.approx(1 - 2 / 6)
+    # exact two-sided binomial p of 5 vs 1 discordant episodes: 2·(C(6,0) + C(6,1)) / 2^6
+    assert cem["mcnemar_p"] == pytest.approx(2 * (1 + 6) / 64)
+    assert mppi["mcnemar_p"] == 1.0 and np.isnan(mppi["cut"])
+    # plan.json holds the episodes as dicts, in any order: the pairing is by seed
+    as_json = [
+        {**r, "episodes_detail": [e.__dict__ for e in reversed(r["episodes_detail"])]} for r in rows[:2]
+    ]
+    assert paired_violations(as_json) == [cem]
+    md = paired_markdown([cem, mppi])
+    assert "| cem | cvar0.2 | 6 → 2 | 5 | 1 | 67% | 0.219 |" in md
+    assert "| mppi | cvar0.2 | 0 → 0 | 0 | 0 | – | 1 |" in md
+    # episodes that only one row ran are left out
+    short = [rows[0], {**rows[1], "episodes_detail": _episodes({5, 9}, seeds=range(4, 10))}]
+    (q,) = paired_violations(short)
+    assert (q["episodes"], q["violations_expected"], q["violations"], q["only_expected"]) == (6, 2, 2, 1)
+
+
+def test_paired_counts_pool_over_runs_and_the_test_is_redone_on_the_sums():
+    run_a = paired_violations(
+        [
+            {"planner": "cem", "objective": "expected", "episodes_detail": _episodes({0, 1, 2})},
+            {"planner": "cem", "objective": "cvar0.2", "episodes_detail": _episodes({2})},
+        ]
+    )
+    run_b = paired_violations(
+        [
+            {"planner": "cem", "objective": "expected", "episodes_detail": _episodes({3, 4, 5, 6})},
+            {"planner": "cem", "objective": "cvar0.2", "episodes_detail": _episodes({7})},
+        ]
+    )
+    (p,) = pool_paired([run_a, run_b])
+    assert (p["episodes"], p["violations_expected"], p["violations"]) == (40, 7, 2)
+    assert (p["only_expected"], p["only_objective"]) == (6, 1)
+    assert p["cut"] == pytest.approx(5 / 7)
+    assert p["mcnemar_p"] == pytest.approx(2 * (1 + 7) / 2**7)  # binomial(7, 1/2): P(X <= 1) twice
 
 
 @pytest.mark.parametrize(

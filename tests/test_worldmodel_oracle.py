@@ -1,4 +1,4 @@
-"""benchmarks/worldmodel_oracle.py: the oracle's rollouts are the environment's dynamics; benchmarks/worldmodel.py: paired violation counts."""
+"""benchmarks/worldmodel_oracle.py: the oracle's rollouts are the environment's dynamics; the exact McNemar test."""
 
 import importlib.util
 from pathlib import Path
@@ -51,36 +51,6 @@ def test_cvar_is_the_mean_of_the_worst_share_and_the_cost_charges_the_hazard_onc
     inside = np.array([0.0, -0.5])  # in the hazard rectangle
     path = np.stack([env.goal, inside, inside])[None, None]  # [1, 1, 3, 2]
     np.testing.assert_allclose(cost(path), [[2 * np.linalg.norm(inside - env.goal) + 5.0]])
-
-
-def test_benchmark_pairs_violations_by_seed_and_tests_them_exactly():
-    from varjepa.worldmodel.plan import EpisodeResult
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "worldmodel.py"
-    spec_b = importlib.util.spec_from_file_location("worldmodel_bench", path)
-    bench = importlib.util.module_from_spec(spec_b)
-    spec_b.loader.exec_module(bench)
-
-    def episodes(hazard_seeds):
-        return [EpisodeResult(s, -1.0, s not in hazard_seeds, s in hazard_seeds, 5, 1.0) for s in range(20)]
-
-    rows = [
-        {"planner": "cem", "objective": "expected", "episodes_detail": episodes({0, 1, 2, 3, 4, 5})},
-        {"planner": "cem", "objective": "cvar0.2", "episodes_detail": episodes({5, 9})},
-        {"planner": "mppi", "objective": "expected", "episodes_detail": episodes(set())},
-        {"planner": "mppi", "objective": "cvar0.2", "episodes_detail": episodes(set())},
-    ]
-    cem, mppi = bench.paired_violations(rows)
-    assert (cem["violations_expected"], cem["violations"], cem["only_expected"], cem["only_objective"]) == (
-        6,
-        2,
-        5,
-        1,
-    )
-    assert cem["cut"] == pytest.approx(1 - 2 / 6)
-    # exact two-sided binomial p of 5 vs 1 discordant episodes: 2·(C(6,0) + C(6,1)) / 2^6
-    assert cem["mcnemar_p"] == pytest.approx(2 * (1 + 6) / 64)
-    assert mppi["mcnemar_p"] == 1.0 and np.isnan(mppi["cut"])
 
 
 def test_exact_mcnemar_matches_scipys_binomial_test():

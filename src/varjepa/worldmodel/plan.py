@@ -9,7 +9,8 @@ its randomness independently of the actions), so the rows are paired comparisons
 
 Writes ``plan.json``, ``plan.md``, one PNG of the trajectories per row and TensorBoard events
 (table scalars and trajectory images) to ``plan.out`` (default ``<run dir of the checkpoint>/plan``)
-and prints the table.
+and prints the table, then each objective paired against the same planner's risk-neutral row
+(:func:`paired_violations`: violations, discordant episodes, cut, exact McNemar p).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..eval.paired import mcnemar_exact
 from ..registry import ConfigError, spec_name
 from .costs import build_cost
 from .envs import env_spec as normalize_env
@@ -216,6 +218,94 @@ COLUMNS = [
 ]
 
 
+def _hazards(row: dict[str, Any]) -> dict[int, bool]:
+    """Episode seed -> whether it ended in the hazard, from a row's ``episodes_detail``
+    (:class:`EpisodeResult` objects, or their dicts as ``plan.json`` holds them)."""
+    out = {}
+    for e in row["episodes_detail"]:
+        d = asdict(e) if isinstance(e, EpisodeResult) else e
+        out[int(d["seed"])] = bool(d["hazard"])
+    return out
+
+
+def paired_violations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per planner, each objective against the same planner's risk-neutral (``expected``) row on the
+    episodes both ran (same seeds, same wind): violations of each, the episodes only one of the two
+    ends in the hazard, the cut ``1 − v_objective / v_expected`` (NaN without risk-neutral
+    violations) and the exact two-sided McNemar p-value on those discordant episodes. Planners
+    without an ``expected`` row are skipped."""
+    out = []
+    for r in rows:
+        if r["objective"] == "expected":
+            continue
+        base = next((b for b in rows if b["planner"] == r["planner"] and b["objective"] == "expected"), None)
+        if base is None:
+            continue
+        hb, hr = _hazards(base), _hazards(r)
+        seeds = sorted(hb.keys() & hr.keys())
+        if not seeds:
+            raise ValueError(f"{r['planner']} {r['objective']}: no episode seed in common with 'expected'")
+        only_b = sum(hb[s] and not hr[s] for s in seeds)
+        only_r = sum(hr[s] and not hb[s] for s in seeds)
+        n_b, n_r = sum(hb[s] for s in seeds), sum(hr[s] for s in seeds)
+        out.append(
+            {
+                "planner": r["planner"],
+                "objective": r["objective"],
+                "episodes": len(seeds),
+                "violations_expected": n_b,
+                "violations": n_r,
+                "only_expected": only_b,
+                "only_objective": only_r,
+                "cut": 1 - n_r / n_b if n_b else float("nan"),
+                "mcnemar_p": mcnemar_exact(only_b, only_r),
+            }
+        )
+    return out
+
+
+def pool_paired(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """:func:`paired_violations` of several runs (e.g. training seeds) summed per planner ×
+    objective: counts add up, the cut and the McNemar p-value are recomputed from the sums."""
+    pooled: dict[tuple[str, str], dict[str, Any]] = {}
+    keys = ("episodes", "violations_expected", "violations", "only_expected", "only_objective")
+    for run in runs:
+        for q in run:
+            acc = pooled.setdefault(
+                (q["planner"], q["objective"]),
+                {"planner": q["planner"], "objective": q["objective"]} | dict.fromkeys(keys, 0),
+            )
+            for k in keys:
+                acc[k] += q[k]
+    for acc in pooled.values():
+        n_b = acc["violations_expected"]
+        acc["cut"] = 1 - acc["violations"] / n_b if n_b else float("nan")
+        acc["mcnemar_p"] = mcnemar_exact(acc["only_expected"], acc["only_objective"])
+    return list(pooled.values())
+
+
+PAIRED_NOTE = (
+    "Paired against the same planner's risk-neutral (`expected`) row on the same episodes: hazard "
+    "violations, the episodes only one of the two ends in the hazard, the cut in violations and the "
+    "exact two-sided McNemar p-value."
+)
+
+
+def paired_markdown(paired: list[dict[str, Any]]) -> str:
+    """:func:`paired_violations` rows as a Markdown table."""
+    lines = [
+        "| planner | objective | violations (expected → objective) | only expected | only objective | cut | McNemar p |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for q in paired:
+        cut = "–" if math.isnan(q["cut"]) else f"{q['cut']:.0%}"
+        lines.append(
+            f"| {q['planner']} | {q['objective']} | {q['violations_expected']} → {q['violations']} | "
+            f"{q['only_expected']} | {q['only_objective']} | {cut} | {q['mcnemar_p']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
 def table_markdown(rows: list[dict[str, Any]], worst_share: float = 0.1) -> str:
     """The summary rows as a Markdown table."""
     cols = [(k, h.replace("10 %", f"{100 * worst_share:g} %"), f) for k, h, f in COLUMNS]
@@ -255,17 +345,25 @@ def write_outputs(
             )
             fig.savefig(out / f"trajectories_{name}.png")
             writer.add_image(f"plan/trajectories/{name}", figure_to_array(fig), i, dataformats="HWC")
+    paired = paired_violations(rows)
     writer.add_text("plan/table", table_markdown(rows, settings.worst_share), 0)
+    if paired:
+        writer.add_text("plan/paired", paired_markdown(paired), 0)
     writer.close()
     env.close()
     (out / "plan.json").write_text(
-        json.dumps({"meta": meta, "settings": asdict(settings), "rows": plain}, indent=1, default=str)
+        json.dumps(
+            {"meta": meta, "settings": asdict(settings), "rows": plain, "paired": paired},
+            indent=1,
+            default=str,
+        )
     )
     (out / "plan.md").write_text(
         f"# Planning in {env_spec['id']}\n\n{table_markdown(rows, settings.worst_share)}\n\n"
         f"Checkpoint: `{meta.get('ckpt_path')}`; {settings.episodes} episodes per row (seeds {settings.seed}–"
         f"{settings.seed + settings.episodes - 1}); budget: horizon {settings.horizon}, {settings.candidates} "
         f"candidates × {settings.particles} particles × {settings.iterations} iterations.\n"
+        + (f"\n{PAIRED_NOTE}\n\n{paired_markdown(paired)}\n" if paired else "")
     )
 
 
@@ -335,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_outputs(rows, out, env, settings, meta)
     print(table_markdown(rows, settings.worst_share))
+    paired = paired_violations(rows)
+    if paired:
+        print(f"\n{PAIRED_NOTE}\n\n{paired_markdown(paired)}\n")
     print(
         f"varjepa plan: wrote {out / 'plan.md'}, {out / 'plan.json'}, trajectory PNGs and TensorBoard events in {out}"
     )
