@@ -172,6 +172,50 @@ def test_summary_and_table_are_computed_from_the_episodes():
     )
 
 
+@pytest.mark.slow
+def test_the_refit_hazard_head_is_in_the_checkpoints_of_the_final_step(tmp_path):
+    """The head is refit in the module's on_train_end, after Lightning's checkpoint callback has
+    saved: the final step's files must be saved again, earlier steps' left alone."""
+    import torch.nn.functional as F
+
+    from varjepa.checkpointing import load_checkpoint
+    from varjepa.worldmodel.plan import load_world_model
+
+    args = _fit_args(tmp_path, steps=20)
+    args += [
+        "--trainer.val_check_interval=10",
+        "--trainer.max_epochs=-1",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_top_k=-1",
+        "--trainer.callbacks.every_n_train_steps=10",
+        "--trainer.callbacks.filename=s{step}",
+        "--model.init_args.hazard_refit_steps=300",
+    ]
+    cli = run(args)
+    ckdir = Path(cli.trainer.logger.log_dir) / "checkpoints"
+    live = {k: v for k, v in cli.model.state_dict().items() if k.startswith("hazard_head")}
+    assert live
+    for name in ("last.ckpt", "sstep=20.ckpt", "epoch=19-step=20.ckpt"):  # the final step: the refit head
+        sd = load_checkpoint(ckdir / name)["state_dict"]
+        for k, v in live.items():
+            torch.testing.assert_close(sd[k], v, msg=f"{name}: {k}")
+    early = load_checkpoint(ckdir / "sstep=10.ckpt")["state_dict"]
+    assert any(not torch.equal(early[k], v) for k, v in live.items())
+    # the saved head scores the final latents of the training observations as the refit left them
+    model = load_world_model(str(ckdir / "last.ckpt"))
+    dm = cli.datamodule
+    roll, eps = dm.rollouts, dm.split_episodes["train"]
+    obs = torch.from_numpy(np.concatenate([roll.obs[e, : roll.length[e] + 1] for e in eps]))
+    y = torch.from_numpy(np.concatenate([roll.hazard[e, : roll.length[e] + 1] for e in eps])).float()
+    with torch.no_grad():
+        saved = F.binary_cross_entropy_with_logits(model.hazard_logits(model.encode(obs, target=True)), y)
+        before = load_world_model(str(ckdir / "sstep=10.ckpt"))
+        early_loss = F.binary_cross_entropy_with_logits(
+            before.hazard_logits(model.encode(obs, target=True)), y
+        )
+    assert float(saved) < float(early_loss)
+
+
 def _episodes(hazard_seeds, seeds=range(20)):
     return [EpisodeResult(s, -1.0, s not in hazard_seeds, s in hazard_seeds, 5, 1.0) for s in seeds]
 

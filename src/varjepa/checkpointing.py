@@ -143,3 +143,29 @@ def load_checkpoint(path: str | Path, option: str = "ckpt_path") -> dict[str, An
     if not isinstance(ckpt, dict):
         raise ConfigError(f"{option} = '{path}': expected a checkpoint dict, got {type(ckpt).__name__}")
     return ckpt
+
+
+def resave_final_checkpoints(trainer) -> list[Path]:
+    """Overwrite the checkpoints that ``trainer``'s ModelCheckpoint callbacks wrote at the current
+    global step (``last`` and the top-k files) with the current state; returns their paths.
+
+    Lightning calls the callbacks' ``on_train_end`` before the module's, so a change a module makes
+    in its own ``on_train_end`` (e.g. a final refit of a head) would otherwise never reach the
+    files the run leaves behind. Checkpoints of earlier steps are left as they are. Call it on
+    every rank (``trainer.save_checkpoint`` synchronises them)."""
+    paths: list[str] = []
+    for cb in trainer.checkpoint_callbacks:
+        named = [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
+        for p in [*named, *getattr(cb, "best_k_models", {})]:  # (without a monitor: best = newest)
+            if p and p not in paths:
+                paths.append(p)
+    done = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            continue
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+        if step == trainer.global_step:
+            trainer.save_checkpoint(path)
+            done.append(path)
+    return done

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..callbacks.ema import EMA
+from ..checkpointing import resave_final_checkpoints
 from ..distributions import LIKELIHOODS, POSTERIORS, PRIORS, PosteriorFamily
 from ..distributions.posteriors import bounded_std
 from ..eval.collapse import effective_rank
@@ -108,7 +109,9 @@ class LatentWorldModel(L.LightningModule):
         hazard_refit_steps: at the end of fit, refit the hazard head for this many Adam steps on the
             final target latents of every training observation (0: keep the online head). The EMA
             target keeps moving during training, so the online head lags it; the refit head is sharp
-            (P(hazard) ≈ 0 a step's drift outside the hazard), which CVaR planning needs.
+            (P(hazard) ≈ 0 a step's drift outside the hazard), which CVaR planning needs. The
+            checkpoints saved at the final step (``last.ckpt`` and the top-k file) are re-saved
+            with the refit head.
         ema: EMA momentum schedule of the target encoder.
         calibration_horizons / calibration_samples / calibration_history: k-step coverage logged at
             validation (``val/coverage90_k{k}``), from ``calibration_samples`` rollouts per window
@@ -558,8 +561,10 @@ class LatentWorldModel(L.LightningModule):
         loss = self.refit_hazard_head(
             torch.from_numpy(obs), torch.from_numpy(hazard), self.hparams.hazard_refit_steps
         )
+        saved = resave_final_checkpoints(self.trainer)
         rank_zero_info(
-            f"LatentWorldModel: hazard head refit on {len(obs)} final target latents (log loss {loss:.4f})"
+            f"LatentWorldModel: hazard head refit on {len(obs)} final target latents (log loss {loss:.4f}); "
+            + (f"saved into {', '.join(p.name for p in saved)}" if saved else "no final checkpoint to update")
         )
 
     @torch.enable_grad()
