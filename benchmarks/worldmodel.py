@@ -25,8 +25,7 @@ import yaml
 
 from varjepa.cli import run
 from varjepa.registry import spec_name
-from varjepa.worldmodel import TrajectoryDataModule, k_step_calibration
-from varjepa.worldmodel.data import windows_of
+from varjepa.worldmodel.evaluate import calibration_on_test_episodes
 from varjepa.worldmodel.plan import (
     PAIRED_NOTE,
     PlanSettings,
@@ -72,14 +71,6 @@ def train(config: Path, family: str, steps: int | None, workdir: Path) -> Path:
     return Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
 
 
-def calibration(model, data_cfg: dict, horizons=(1, 5, 10)) -> dict[str, float]:
-    """Rank-based k-step coverage on every window of the held-out test episodes."""
-    dm = TrajectoryDataModule(**data_cfg)
-    dm.setup("fit")
-    batch = windows_of(dm.rollouts, dm.split_episodes["test"].tolist(), dm.window)
-    return k_step_calibration(model, batch, horizons=horizons, n=199)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs/worldmodel/windy_point.yaml"))
@@ -110,7 +101,7 @@ def main() -> None:
             fit_s = time.perf_counter() - t0
             model = load_world_model(str(ckpt))
             torch.set_num_threads(1)
-            cal = calibration(model, data_cfg)
+            cal = calibration_on_test_episodes(model, data_cfg)
             rows = evaluate_planners(model, settings)
             paired = paired_violations(rows)
             for r in rows:
@@ -157,11 +148,9 @@ def main() -> None:
             f"## Planning with the {r['family']} model",
             "",
             table_markdown(r["planning"], settings.worst_share),
-            "",
-            PAIRED_NOTE,
-            "",
-            paired_markdown(r.get("paired", [])),
         ]
+        if r.get("paired"):
+            lines += ["", PAIRED_NOTE, "", paired_markdown(r["paired"])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 

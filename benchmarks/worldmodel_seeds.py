@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -34,8 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from varjepa.worldmodel import TrajectoryDataModule, k_step_calibration
-from varjepa.worldmodel.data import windows_of
+from varjepa.worldmodel.evaluate import calibration_on_test_episodes
 from varjepa.worldmodel.plan import (
     PAIRED_NOTE,
     load_world_model,
@@ -47,16 +45,24 @@ from varjepa.worldmodel.plan import (
 ROOT = Path(__file__).resolve().parents[1]
 VARJEPA = [sys.executable, "-c", "import sys; from varjepa.cli import main; sys.exit(main())"]
 HORIZONS = (1, 5, 10)
+FIT_OWNED = ("seed_everything", "trainer.logger", "trainer.enable_progress_bar", "config")
+PLAN_OWNED = ("seed", "episodes", "out", "threads", "planners", "objectives")
 
 
 def seed_list(text: str) -> list[int]:
     """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
     out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            lo, hi = int(lo), int(hi or lo)
+            if hi < lo:
+                raise ValueError(part)
+            out += list(range(lo, hi + 1))
+    except ValueError:
+        out = []
     if not out or len(set(out)) != len(out):
-        raise SystemExit(f"--seeds {text!r}: give distinct seeds, e.g. 0-5 or 0,2,4")
+        raise SystemExit(f"--seeds {text!r}: give distinct seeds >= 0, e.g. 0-5 or 0,2,4")
     return out
 
 
@@ -75,62 +81,85 @@ def checkpoint_of(workdir: Path, seed: int) -> Path:
     return workdir / f"seed{seed}" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+def _reusable(record: Path, args: list[str], what: Path) -> bool:
+    """Whether ``what`` was made by ``args``: ``record`` (written after it was made) holds them.
+    Anything else there (a run killed half-way, other settings) is an error, not a silent reuse."""
+    if not record.is_file():
+        if what.exists():
+            raise SystemExit(
+                f"{what} exists but {record.name} does not (a run that did not finish, or made by "
+                "hand): delete it or pick another --workdir"
+            )
+        return False
+    if json.loads(record.read_text()) != args:
+        raise SystemExit(
+            f"{what} was made with other settings than this run's ({record} holds them): "
+            "pick another --workdir"
+        )
+    return True
+
+
 def run_seed(seed: int, args) -> dict:
-    """Train (unless a checkpoint exists) and plan one seed; returns its paired rows and summaries."""
+    """Train (unless this seed was trained with the same settings in ``--workdir``) and plan one
+    seed; returns its summary rows and paired counts."""
     workdir = Path(args.workdir)
     ckpt = checkpoint_of(workdir, seed)
+    fit_args = [
+        "fit",
+        f"--config={args.config}",
+        f"--seed_everything={seed}",
+        f"--trainer.logger.init_args.save_dir={workdir}",
+        f"--trainer.logger.init_args.name=seed{seed}",
+        "--trainer.logger.init_args.version=0",
+        "--trainer.enable_progress_bar=false",
+        *[f"--{kv}" for kv in args.set],
+    ]
+    fit_record = workdir / f"seed{seed}" / "fit_args.json"
     fit_s = None
-    if not ckpt.is_file():
+    if not _reusable(fit_record, fit_args, ckpt.parent.parent):
         t0 = time.perf_counter()
-        _run(
-            [
-                *VARJEPA,
-                "fit",
-                f"--config={args.config}",
-                f"--seed_everything={seed}",
-                f"--trainer.logger.init_args.save_dir={workdir}",
-                f"--trainer.logger.init_args.name=seed{seed}",
-                "--trainer.logger.init_args.version=0",
-                "--trainer.enable_progress_bar=false",
-                *[f"--{kv}" for kv in args.set],
-            ],
-            workdir / f"fit_seed{seed}.log",
-        )
+        _run([*VARJEPA, *fit_args], workdir / f"fit_seed{seed}.log")
         fit_s = time.perf_counter() - t0
+        if not ckpt.is_file():
+            raise RuntimeError(
+                f"varjepa fit finished but wrote no {ckpt}: the config needs a ModelCheckpoint with "
+                "save_last: true and no dirpath of its own"
+            )
+        fit_record.write_text(json.dumps(fit_args))
     out = workdir / f"plan_seed{seed}_ep{args.episode_seed}x{args.episodes}"
-    if not (out / "plan.json").is_file():
-        _run(
-            [
-                *VARJEPA,
-                "plan",
-                f"--config={args.config}",
-                f"--ckpt_path={ckpt}",
-                f"--plan.seed={args.episode_seed}",
-                f"--plan.episodes={args.episodes}",
-                f"--plan.out={out}",
-                "--plan.threads=1",
-                *([f"--plan.planners={args.planners}"] if args.planners else []),
-                *([f"--plan.objectives={args.objectives}"] if args.objectives else []),
-                *[f"--plan.{kv}" for kv in args.plan_set],
-            ],
-            workdir / f"plan_seed{seed}.log",
-        )
+    plan_args = [
+        "plan",
+        f"--config={args.config}",
+        f"--ckpt_path={ckpt}",
+        f"--plan.seed={args.episode_seed}",
+        f"--plan.episodes={args.episodes}",
+        f"--plan.out={out}",
+        "--plan.threads=1",
+        *([f"--plan.planners={args.planners}"] if args.planners else []),
+        *([f"--plan.objectives={args.objectives}"] if args.objectives else []),
+        *[f"--plan.{kv}" for kv in args.plan_set],
+    ]
+    plan_record = out / "plan_args.json"
+    if fit_s is not None and plan_record.is_file():
+        plan_record.unlink()  # a new checkpoint: plan again
+        (out / "plan.json").unlink(missing_ok=True)
+    if not _reusable(plan_record, plan_args, out / "plan.json"):
+        _run([*VARJEPA, *plan_args], workdir / f"plan_seed{seed}.log")
+        plan_record.write_text(json.dumps(plan_args))
     plan = json.loads((out / "plan.json").read_text())
     rows = [{k: v for k, v in r.items() if k != "episodes_detail"} for r in plan["rows"]]
     paired = paired_violations(plan["rows"])
+    if not paired:
+        raise SystemExit("nothing to pair: --objectives must include expected and a risk-averse objective")
     return {"seed": seed, "ckpt": str(ckpt), "fit_s": fit_s, "rows": rows, "paired": paired}
 
 
 def calibration(ckpt: str) -> dict[str, float]:
-    """k-step coverage of checkpoint ``ckpt`` on the held-out episodes of the data it was trained on
+    """k-step coverage of checkpoint ``ckpt`` on the test episodes of the data it was trained on
     (the ``config.yaml`` that ``varjepa fit`` saved beside it, overrides included)."""
     torch.set_num_threads(1)
-    model = load_world_model(ckpt)
     saved = yaml.safe_load((Path(ckpt).parent.parent / "config.yaml").read_text())
-    dm = TrajectoryDataModule(**saved["data"]["init_args"])
-    dm.setup("fit")
-    batch = windows_of(dm.rollouts, dm.split_episodes["test"].tolist(), dm.window)
-    return k_step_calibration(model, batch, horizons=HORIZONS, n=199)
+    return calibration_on_test_episodes(load_world_model(ckpt), saved["data"]["init_args"], HORIZONS)
 
 
 def report(results: list[dict], pooled: list[dict], args) -> str:
@@ -190,14 +219,24 @@ def main() -> None:
     for kv in args.set + args.plan_set:
         if "=" not in kv:
             raise SystemExit(f"--set / --plan-set {kv!r}: give KEY=VALUE")
+    for opt, given, owned in (("--set", args.set, FIT_OWNED), ("--plan-set", args.plan_set, PLAN_OWNED)):
+        for kv in given:
+            key = kv.split("=", 1)[0]
+            if any(key == k or key.startswith(k + ".") for k in owned):
+                raise SystemExit(f"{opt} {kv!r}: {key} is set by this script (use its own options)")
     seeds = seed_list(args.seeds)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.jobs) as pool:  # each job is a subprocess: threads only wait
+    pool = ThreadPoolExecutor(args.jobs)  # each job is a subprocess: the threads only wait
+    try:
         results = list(pool.map(lambda s: run_seed(s, args), seeds))
+    except BaseException:  # the first failure (or Ctrl-C) stops the seeds not yet started
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     for r in results:
         r["calibration"] = calibration(r["ckpt"])
-        print(f"seed {r['seed']}: " + paired_markdown(r["paired"]).splitlines()[-1], flush=True)
+        print(f"seed {r['seed']}:\n{paired_markdown(r['paired'])}", flush=True)
     pooled = pool_paired([r["paired"] for r in results])
     md = report(results, pooled, args)
     print("\n" + md)
@@ -214,14 +253,12 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.system()}",
         "wall_s": time.perf_counter() - t0,
     }
-    clean = json.loads(
-        json.dumps({"meta": meta, "seeds": results, "pooled": pooled}, default=str),
-        parse_constant=lambda c: None,  # NaN cuts (no risk-neutral violations) become null
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "seeds": results, "pooled": pooled}, indent=1, default=str)
     )
-    out.with_suffix(".json").write_text(json.dumps(clean, indent=1))
     out.with_suffix(".md").write_text(md)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
-    if any(math.isnan(q["cut"]) for q in pooled):
+    if any(q["cut"] is None for q in pooled):
         print("note: no risk-neutral violations in some pooled rows: their cut is undefined", file=sys.stderr)
 
 

@@ -19,8 +19,9 @@ spec.loader.exec_module(bench)
 def test_seed_lists():
     assert bench.seed_list("0-3,7") == [0, 1, 2, 3, 7]
     assert bench.seed_list("5") == [5]
-    with pytest.raises(SystemExit, match="distinct seeds"):
-        bench.seed_list("0-2,1")
+    for bad in ("0-2,1", "3-1", "", "a"):
+        with pytest.raises(SystemExit, match="distinct seeds"):
+            bench.seed_list(bad)
 
 
 @pytest.mark.slow
@@ -67,9 +68,28 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
     # the overrides reached the fit: the saved config has them
     saved = (work / "seed1" / "version_0" / "config.yaml").read_text()
     assert "latent_dim: 4" in saved and "seed_everything: 1" in saved
-    # a second run reuses checkpoints and plans: nothing is trained again
+    # a second run reuses checkpoints and plans: nothing is trained or planned again
+    files = [work / f"seed{s}" / "version_0" / "checkpoints" / "last.ckpt" for s in (0, 1)]
+    files += [work / f"plan_seed{s}_ep50x3" / "plan.json" for s in (0, 1)]
+    stamps = [f.stat().st_mtime_ns for f in files]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     res2 = json.loads(out.with_suffix(".json").read_text())
     assert [r["fit_s"] for r in res2["seeds"]] == [None, None]
     assert res2["pooled"] == res["pooled"]
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    # other settings in the same work folder are refused, not silently reused
+    other = subprocess.run(
+        [*cmd, "--set=model.init_args.surprise_weight=3"], capture_output=True, text=True, timeout=600
+    )
+    assert other.returncode != 0 and "other settings" in other.stderr
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_options_the_script_sets_itself_are_refused(tmp_path):
+    for opt in ("--set=seed_everything=3", "--plan-set=episodes=5", "--set=trainer.logger.init_args.name=x"):
+        done = subprocess.run(
+            [sys.executable, str(PATH), "--workdir", str(tmp_path), opt], capture_output=True, text=True
+        )
+        assert done.returncode != 0 and "is set by this script" in done.stderr, opt
+    assert not any(tmp_path.iterdir())

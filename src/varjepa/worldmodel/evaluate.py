@@ -112,3 +112,17 @@ def k_step_calibration(
         out[f"std_k{k}"] = float(s.std(0).mean())
         out[f"rmse_k{k}"] = float((s.mean(0) - y).square().mean().sqrt())
     return out
+
+
+def calibration_on_test_episodes(
+    model, data: dict, horizons: Sequence[int] = (1, 5, 10), n: int = 199
+) -> dict[str, float]:
+    """:func:`k_step_calibration` of ``model`` on every window of the test episodes of the
+    :class:`~varjepa.worldmodel.TrajectoryDataModule` that ``data`` (its init_args, e.g. a config's
+    ``data.init_args``) describes; the rollouts load from the cache when they are there."""
+    from .data import TrajectoryDataModule, windows_of
+
+    dm = TrajectoryDataModule(**data)
+    dm.setup("fit")
+    batch = windows_of(dm.rollouts, dm.split_episodes["test"].tolist(), dm.window)
+    return k_step_calibration(model, batch, horizons=horizons, n=n)

@@ -231,7 +231,7 @@ def _hazards(row: dict[str, Any]) -> dict[int, bool]:
 def paired_violations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per planner, each objective against the same planner's risk-neutral (``expected``) row on the
     episodes both ran (same seeds, same wind): violations of each, the episodes only one of the two
-    ends in the hazard, the cut ``1 − v_objective / v_expected`` (NaN without risk-neutral
+    ends in the hazard, the cut ``1 − v_objective / v_expected`` (None without risk-neutral
     violations) and the exact two-sided McNemar p-value on those discordant episodes. Planners
     without an ``expected`` row are skipped."""
     out = []
@@ -257,7 +257,7 @@ def paired_violations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "violations": n_r,
                 "only_expected": only_b,
                 "only_objective": only_r,
-                "cut": 1 - n_r / n_b if n_b else float("nan"),
+                "cut": 1 - n_r / n_b if n_b else None,
                 "mcnemar_p": mcnemar_exact(only_b, only_r),
             }
         )
@@ -279,7 +279,7 @@ def pool_paired(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 acc[k] += q[k]
     for acc in pooled.values():
         n_b = acc["violations_expected"]
-        acc["cut"] = 1 - acc["violations"] / n_b if n_b else float("nan")
+        acc["cut"] = 1 - acc["violations"] / n_b if n_b else None
         acc["mcnemar_p"] = mcnemar_exact(acc["only_expected"], acc["only_objective"])
     return list(pooled.values())
 
@@ -298,7 +298,7 @@ def paired_markdown(paired: list[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for q in paired:
-        cut = "–" if math.isnan(q["cut"]) else f"{q['cut']:.0%}"
+        cut = "–" if q["cut"] is None else f"{q['cut']:.0%}"
         lines.append(
             f"| {q['planner']} | {q['objective']} | {q['violations_expected']} → {q['violations']} | "
             f"{q['only_expected']} | {q['only_objective']} | {cut} | {q['mcnemar_p']:.3g} |"
@@ -317,8 +317,9 @@ def table_markdown(rows: list[dict[str, Any]], worst_share: float = 0.1) -> str:
 
 def write_outputs(
     rows: list[dict[str, Any]], out: Path, env_spec: dict, settings: PlanSettings, meta: dict
-) -> None:
-    """``plan.json``, ``plan.md``, trajectory PNGs and TensorBoard events in ``out``."""
+) -> list[dict[str, Any]]:
+    """``plan.json``, ``plan.md``, trajectory PNGs and TensorBoard events in ``out``; returns the
+    paired comparisons (:func:`paired_violations`)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from .plots import arena_figure, figure_to_array
@@ -365,6 +366,7 @@ def write_outputs(
         f"candidates × {settings.particles} particles × {settings.iterations} iterations.\n"
         + (f"\n{PAIRED_NOTE}\n\n{paired_markdown(paired)}\n" if paired else "")
     )
+    return paired
 
 
 # ------------------------------------------------------------------------------------ command
@@ -431,9 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         "posterior": spec_name(model.hparams.posterior),
         "torch_threads": torch.get_num_threads(),
     }
-    write_outputs(rows, out, env, settings, meta)
+    paired = write_outputs(rows, out, env, settings, meta)
     print(table_markdown(rows, settings.worst_share))
-    paired = paired_violations(rows)
     if paired:
         print(f"\n{PAIRED_NOTE}\n\n{paired_markdown(paired)}\n")
     print(
