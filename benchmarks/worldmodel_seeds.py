@@ -21,6 +21,7 @@ seeds from 1000) so that the comparison is held out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -81,9 +82,16 @@ def checkpoint_of(workdir: Path, seed: int) -> Path:
     return workdir / f"seed{seed}" / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def _reusable(record: Path, args: list[str], what: Path) -> bool:
-    """Whether ``what`` was made by ``args``: ``record`` (written after it was made) holds them.
-    Anything else there (a run killed half-way, other settings) is an error, not a silent reuse."""
+def _record(args: list[str], config: str) -> dict:
+    """What a fit or plan was made from: its arguments and the config file's SHA-256 (an edited
+    config with the same path is another setting)."""
+    return {"args": args, "config_sha256": hashlib.sha256(Path(config).read_bytes()).hexdigest()}
+
+
+def _reusable(record: Path, made_from: dict, what: Path) -> bool:
+    """Whether ``what`` was made from ``made_from`` (:func:`_record`): ``record``, written after it
+    was made, holds that. Anything else there (a run killed half-way, other arguments, an edited
+    config) is an error, not a silent reuse."""
     if not record.is_file():
         if what.exists():
             raise SystemExit(
@@ -91,9 +99,10 @@ def _reusable(record: Path, args: list[str], what: Path) -> bool:
                 "hand): delete it or pick another --workdir"
             )
         return False
-    if json.loads(record.read_text()) != args:
+    if json.loads(record.read_text()) != made_from:
         raise SystemExit(
-            f"{what} was made with other settings than this run's ({record} holds them): "
+            f"{what} was made with other settings than this run's, or from another version of the "
+            f"config ({record} holds them): "
             "pick another --workdir"
         )
     return True
@@ -116,7 +125,7 @@ def run_seed(seed: int, args) -> dict:
     ]
     fit_record = workdir / f"seed{seed}" / "fit_args.json"
     fit_s = None
-    if not _reusable(fit_record, fit_args, ckpt.parent.parent):
+    if not _reusable(fit_record, _record(fit_args, args.config), ckpt.parent.parent):
         t0 = time.perf_counter()
         _run([*VARJEPA, *fit_args], workdir / f"fit_seed{seed}.log")
         fit_s = time.perf_counter() - t0
@@ -125,7 +134,7 @@ def run_seed(seed: int, args) -> dict:
                 f"varjepa fit finished but wrote no {ckpt}: the config needs a ModelCheckpoint with "
                 "save_last: true and no dirpath of its own"
             )
-        fit_record.write_text(json.dumps(fit_args))
+        fit_record.write_text(json.dumps(_record(fit_args, args.config)))
     out = workdir / f"plan_seed{seed}_ep{args.episode_seed}x{args.episodes}"
     plan_args = [
         "plan",
@@ -143,9 +152,9 @@ def run_seed(seed: int, args) -> dict:
     if fit_s is not None and plan_record.is_file():
         plan_record.unlink()  # a new checkpoint: plan again
         (out / "plan.json").unlink(missing_ok=True)
-    if not _reusable(plan_record, plan_args, out / "plan.json"):
+    if not _reusable(plan_record, _record(plan_args, args.config), out / "plan.json"):
         _run([*VARJEPA, *plan_args], workdir / f"plan_seed{seed}.log")
-        plan_record.write_text(json.dumps(plan_args))
+        plan_record.write_text(json.dumps(_record(plan_args, args.config)))
     plan = json.loads((out / "plan.json").read_text())
     rows = [{k: v for k, v in r.items() if k != "episodes_detail"} for r in plan["rows"]]
     paired = paired_violations(plan["rows"])

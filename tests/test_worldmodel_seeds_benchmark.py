@@ -38,7 +38,10 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
         "trainer.val_check_interval=10",
         "trainer.limit_val_batches=1",
     ]
-    cmd = [sys.executable, str(PATH), "--seeds", "0,1", "--episodes", "3", "--episode-seed", "50"]
+    config = tmp_path / "windy_point.yaml"  # a copy: editing it later must be noticed
+    config.write_text((ROOT / "configs/worldmodel/windy_point.yaml").read_text())
+    cmd = [sys.executable, str(PATH), "--config", str(config), "--seeds", "0,1", "--episodes", "3"]
+    cmd += ["--episode-seed", "50"]
     cmd += ["--workdir", str(work), "--out", str(out), "--jobs", "2"]
     cmd += [f"--set={kv}" for kv in tiny]
     cmd += ["--plan-set=horizon=3", "--plan-set=candidates=8", "--plan-set=particles=4"]
@@ -83,6 +86,9 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
         [*cmd, "--set=model.init_args.surprise_weight=3"], capture_output=True, text=True, timeout=600
     )
     assert other.returncode != 0 and "other settings" in other.stderr
+    config.write_text(config.read_text().replace("lr: 0.001", "lr: 0.002"))
+    edited = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert edited.returncode != 0 and "another version of the config" in edited.stderr
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 
