@@ -135,26 +135,26 @@ def run_seed(seed: int, args) -> dict:
                 "save_last: true and no dirpath of its own"
             )
         fit_record.write_text(json.dumps(_record(fit_args, args.config)))
-    out = workdir / f"plan_seed{seed}_ep{args.episode_seed}x{args.episodes}"
-    plan_args = [
-        "plan",
+    settings = [
         f"--config={args.config}",
         f"--ckpt_path={ckpt}",
         f"--plan.seed={args.episode_seed}",
         f"--plan.episodes={args.episodes}",
-        f"--plan.out={out}",
         "--plan.threads=1",
         *([f"--plan.planners={args.planners}"] if args.planners else []),
         *([f"--plan.objectives={args.objectives}"] if args.objectives else []),
         *[f"--plan.{kv}" for kv in args.plan_set],
     ]
+    made_from = _record(settings, args.config) | {
+        "ckpt_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()  # a retrained seed plans anew
+    }
+    # one folder per planning setting, so that other planners or budgets sit beside this one
+    digest = hashlib.sha256(json.dumps(made_from).encode()).hexdigest()[:10]
+    out = workdir / f"plan_seed{seed}_ep{args.episode_seed}x{args.episodes}_{digest}"
     plan_record = out / "plan_args.json"
-    if fit_s is not None and plan_record.is_file():
-        plan_record.unlink()  # a new checkpoint: plan again
-        (out / "plan.json").unlink(missing_ok=True)
-    if not _reusable(plan_record, _record(plan_args, args.config), out / "plan.json"):
-        _run([*VARJEPA, *plan_args], workdir / f"plan_seed{seed}.log")
-        plan_record.write_text(json.dumps(_record(plan_args, args.config)))
+    if not _reusable(plan_record, made_from, out / "plan.json"):
+        _run([*VARJEPA, "plan", *settings, f"--plan.out={out}"], workdir / f"plan_seed{seed}_{digest}.log")
+        plan_record.write_text(json.dumps(made_from))
     plan = json.loads((out / "plan.json").read_text())
     rows = [{k: v for k, v in r.items() if k != "episodes_detail"} for r in plan["rows"]]
     paired = paired_violations(plan["rows"])

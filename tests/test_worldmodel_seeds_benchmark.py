@@ -53,7 +53,8 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
     total = dict.fromkeys(("episodes", "violations_expected", "violations", "only_expected"), 0)
     for r in res["seeds"]:
         assert r["fit_s"] > 0
-        plan = json.loads((work / f"plan_seed{r['seed']}_ep50x3" / "plan.json").read_text())
+        (folder,) = work.glob(f"plan_seed{r['seed']}_ep50x3_*")
+        plan = json.loads((folder / "plan.json").read_text())
         rows = {x["objective"]: x["episodes_detail"] for x in plan["rows"]}
         assert list(rows) == ["expected", "cvar0.2"]  # CEM only, the two default objectives
         assert [e["seed"] for e in rows["expected"]] == [50, 51, 52]
@@ -73,7 +74,7 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
     assert "latent_dim: 4" in saved and "seed_everything: 1" in saved
     # a second run reuses checkpoints and plans: nothing is trained or planned again
     files = [work / f"seed{s}" / "version_0" / "checkpoints" / "last.ckpt" for s in (0, 1)]
-    files += [work / f"plan_seed{s}_ep50x3" / "plan.json" for s in (0, 1)]
+    files += [next(work.glob(f"plan_seed{s}_ep50x3_*")) / "plan.json" for s in (0, 1)]
     stamps = [f.stat().st_mtime_ns for f in files]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -81,7 +82,11 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
     assert [r["fit_s"] for r in res2["seeds"]] == [None, None]
     assert res2["pooled"] == res["pooled"]
     assert [f.stat().st_mtime_ns for f in files] == stamps
-    # other settings in the same work folder are refused, not silently reused
+    # another planning setting gets its own folder beside the first
+    budget = subprocess.run([*cmd, "--plan-set=particles=2"], capture_output=True, text=True, timeout=600)
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    assert len(list(work.glob("plan_seed0_ep50x3_*"))) == 2
+    # other fit settings in the same work folder are refused, not silently reused
     other = subprocess.run(
         [*cmd, "--set=model.init_args.surprise_weight=3"], capture_output=True, text=True, timeout=600
     )
