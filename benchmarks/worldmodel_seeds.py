@@ -3,9 +3,9 @@
 One training run and 100 episodes hold only a handful of hazard violations, so an objective's cut
 in violations is read over several training seeds and many episodes. For each seed this script
 trains the config's world model (``varjepa fit --seed_everything SEED`` plus any ``--set``
-overrides; an existing checkpoint in the work folder is reused), measures coverage@90 of the true
-future latents at k = 1, 5, 10 on the held-out episodes, and runs ``varjepa plan`` on the same
-seeded episodes for every planner × objective. Each objective is paired with its planner's
+overrides; a checkpoint trained with the same arguments and config in the work folder is reused),
+measures coverage@90 of the true future latents at k = 1, 5, 10 on the held-out episodes, and runs
+``varjepa plan`` on the same seeded episodes for every planner × objective. Each objective is paired with its planner's
 risk-neutral row per seed (:func:`~varjepa.worldmodel.plan.paired_violations`), and the counts are
 pooled over seeds (:func:`~varjepa.worldmodel.plan.pool_paired`): the pooled cut and the exact
 McNemar p-value on the pooled discordant episodes. Prints the tables and writes ``OUT.{json,md}``.
