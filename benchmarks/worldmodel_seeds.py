@@ -16,6 +16,10 @@ seeds from 1000) so that the comparison is held out.
     python benchmarks/worldmodel_seeds.py --seeds 0-5 --episodes 400 --episode-seed 2000 --jobs 2
     python benchmarks/worldmodel_seeds.py --seeds 0-3 --set model.init_args.surprise_weight=3 \\
         --workdir runs/surprise3 --out benchmarks/results/worldmodel_seeds_surprise3
+    python benchmarks/worldmodel_seeds.py --compare A.json B.json --out benchmarks/results/a_vs_b
+
+``--compare`` pairs two recipes (two results of this script on the same episodes) per training
+seed, planner and objective: which one ends fewer episodes in the hazard.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from varjepa.eval.paired import mcnemar_exact
 from varjepa.worldmodel.evaluate import calibration_on_test_episodes
 from varjepa.worldmodel.plan import (
     PAIRED_NOTE,
@@ -156,11 +161,15 @@ def run_seed(seed: int, args) -> dict:
         _run([*VARJEPA, "plan", *settings, f"--plan.out={out}"], workdir / f"plan_seed{seed}_{digest}.log")
         plan_record.write_text(json.dumps(made_from))
     plan = json.loads((out / "plan.json").read_text())
-    rows = [{k: v for k, v in r.items() if k != "episodes_detail"} for r in plan["rows"]]
+    rows = [
+        {k: v for k, v in r.items() if k != "episodes_detail"}
+        | {"hazard_episodes": sorted(e["seed"] for e in r["episodes_detail"] if e["hazard"])}
+        for r in plan["rows"]
+    ]
     paired = paired_violations(plan["rows"])
     if not paired:
         raise SystemExit("nothing to pair: --objectives must include expected and a risk-averse objective")
-    return {"seed": seed, "ckpt": str(ckpt), "fit_s": fit_s, "rows": rows, "paired": paired}
+    return {"seed": seed, "ckpt": str(ckpt), "plan": str(out), "fit_s": fit_s, "rows": rows, "paired": paired}
 
 
 def calibration(ckpt: str) -> dict[str, float]:
@@ -169,6 +178,59 @@ def calibration(ckpt: str) -> dict[str, float]:
     torch.set_num_threads(1)
     saved = yaml.safe_load((Path(ckpt).parent.parent / "config.yaml").read_text())
     return calibration_on_test_episodes(load_world_model(ckpt), saved["data"]["init_args"], HORIZONS)
+
+
+def compare(a: dict, b: dict) -> tuple[list[dict], int]:
+    """Two results of this script (``OUT.json``: two recipes, the same episodes) paired per
+    training seed, planner and objective: violations of each, the episodes only one of them ends
+    in the hazard, on the episodes both planned, summed over the seeds both hold, and the exact
+    McNemar p-value of the sums. Returns the rows and the number of common episodes per seed."""
+    ranges = [range(m["episode_seed"], m["episode_seed"] + m["episodes"]) for m in (a["meta"], b["meta"])]
+    common = set(ranges[0]) & set(ranges[1])  # the episodes both planned (the same wind)
+    if not common:
+        raise SystemExit("--compare: the two runs planned no episode in common")
+    rows_b = {(r["seed"], x["planner"], x["objective"]): x for r in b["seeds"] for x in r["rows"]}
+    out: dict[tuple[str, str], dict] = {}
+    for r in a["seeds"]:
+        for x in r["rows"]:
+            y = rows_b.get((r["seed"], x["planner"], x["objective"]))
+            if y is None:
+                continue
+            ha, hb = set(x["hazard_episodes"]) & common, set(y["hazard_episodes"]) & common
+            q = out.setdefault(
+                (x["planner"], x["objective"]),
+                {"planner": x["planner"], "objective": x["objective"], "seeds": []}
+                | dict.fromkeys(("violations_a", "violations_b", "only_a", "only_b"), 0),
+            )
+            q["seeds"].append(r["seed"])
+            q["violations_a"] += len(ha)
+            q["violations_b"] += len(hb)
+            q["only_a"] += len(ha - hb)
+            q["only_b"] += len(hb - ha)
+    if not out:
+        raise SystemExit("--compare: no training seed, planner and objective in common")
+    for q in out.values():
+        q["mcnemar_p"] = mcnemar_exact(q["only_a"], q["only_b"])
+    return list(out.values()), len(common)
+
+
+def compare_markdown(rows: list[dict], a: str, b: str, episodes: int) -> str:
+    """:func:`compare` rows as Markdown."""
+    lines = [
+        f"# Paired comparison of two recipes on the same episodes\n\nA: `{a}`\nB: `{b}`\n",
+        f"{episodes} episodes (those both planned) per training seed, planner and objective; "
+        "violations summed over the "
+        "seeds both runs hold; exact two-sided McNemar p-value on the episodes only one recipe ends "
+        "in the hazard.\n",
+        "| planner | objective | seeds | violations A → B | only A | only B | McNemar p |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for q in rows:
+        lines.append(
+            f"| {q['planner']} | {q['objective']} | {','.join(map(str, q['seeds']))} | "
+            f"{q['violations_a']} → {q['violations_b']} | {q['only_a']} | {q['only_b']} | {q['mcnemar_p']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def report(results: list[dict], pooled: list[dict], args) -> str:
@@ -219,7 +281,20 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once (one thread each)")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "worldmodel_seeds"), help="checkpoints and plans")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/worldmodel_seeds"))
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="pair two earlier results (two recipes, the same episodes) instead of running; writes OUT.md",
+    )
     args = p.parse_args()
+    if args.compare:
+        a, b = (json.loads(Path(f).read_text()) for f in args.compare)
+        rows, episodes = compare(a, b)
+        md = compare_markdown(rows, *args.compare, episodes)
+        print(md)
+        Path(args.out).with_suffix(".md").write_text(md)
+        return
     config = Path(args.config).resolve()
     args.config = str(config)
     args.config_label = str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config)

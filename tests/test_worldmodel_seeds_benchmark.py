@@ -58,6 +58,9 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
         rows = {x["objective"]: x["episodes_detail"] for x in plan["rows"]}
         assert list(rows) == ["expected", "cvar0.2"]  # CEM only, the two default objectives
         assert [e["seed"] for e in rows["expected"]] == [50, 51, 52]
+        assert Path(r["plan"]) == folder
+        hz = {x["objective"]: x["hazard_episodes"] for x in r["rows"]}
+        assert hz["expected"] == sorted(e["seed"] for e in rows["expected"] if e["hazard"])
         (q,) = r["paired"]
         assert q["violations_expected"] == sum(e["hazard"] for e in rows["expected"])
         assert q["violations"] == sum(e["hazard"] for e in rows["cvar0.2"])
@@ -104,3 +107,38 @@ def test_options_the_script_sets_itself_are_refused(tmp_path):
         )
         assert done.returncode != 0 and "is set by this script" in done.stderr, opt
     assert not any(tmp_path.iterdir())
+
+
+def test_two_recipes_are_paired_on_the_episodes_both_planned():
+    def result(first, n, hazards):  # hazards: {(seed, objective): [episode seeds]}
+        seeds = sorted({s for s, _ in hazards})
+        return {
+            "meta": {"episode_seed": first, "episodes": n},
+            "seeds": [
+                {
+                    "seed": s,
+                    "rows": [
+                        {"planner": "cem", "objective": o, "hazard_episodes": h}
+                        for (t, o), h in hazards.items()
+                        if t == s
+                    ],
+                }
+                for s in seeds
+            ],
+        }
+
+    a = result(
+        100, 10, {(0, "expected"): [100, 101, 102, 108], (1, "expected"): [103], (2, "expected"): [100]}
+    )
+    # b planned episodes 104..113 only; seed 2 is missing from b
+    b = result(104, 10, {(0, "expected"): [104, 108, 109], (1, "expected"): [112, 105]})
+    (q,), n = bench.compare(a, b)
+    assert n == 6  # episodes 104..109
+    # seed 0: a {108}, b {104, 108, 109}; seed 1: a {}, b {105} (112 is outside a's episodes)
+    assert (q["violations_a"], q["violations_b"], q["only_a"], q["only_b"]) == (1, 4, 0, 3)
+    assert q["seeds"] == [0, 1]
+    assert q["mcnemar_p"] == pytest.approx(2 / 8)  # 0 vs 3 discordant: 2 · (1/2)^3
+    md = bench.compare_markdown([q], "a.json", "b.json", n)
+    assert "| cem | expected | 0,1 | 1 → 4 | 0 | 3 | 0.25 |" in md
+    with pytest.raises(SystemExit, match="no episode in common"):
+        bench.compare(a, result(200, 5, {(0, "expected"): []}))
