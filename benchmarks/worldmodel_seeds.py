@@ -20,6 +20,9 @@ seeds from 1000) so that the comparison is held out.
 
 ``--compare`` pairs two recipes (two results of this script on the same episodes) per training
 seed, planner and objective: which one ends fewer episodes in the hazard.
+
+The records behind reuse hold the arguments and the config file's hash, not the code: after
+changing varjepa itself (e.g. a model default), use a fresh ``--workdir``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -41,6 +44,7 @@ import yaml
 from varjepa.eval.paired import mcnemar_exact
 from varjepa.worldmodel.evaluate import calibration_on_test_episodes
 from varjepa.worldmodel.plan import (
+    DEFAULT_OBJECTIVES,
     PAIRED_NOTE,
     load_world_model,
     paired_markdown,
@@ -53,6 +57,12 @@ VARJEPA = [sys.executable, "-c", "import sys; from varjepa.cli import main; sys.
 HORIZONS = (1, 5, 10)
 FIT_OWNED = ("seed_everything", "trainer.logger", "trainer.enable_progress_bar", "config")
 PLAN_OWNED = ("seed", "episodes", "out", "threads", "planners", "objectives")
+
+
+def is_owned(override: str, owned: tuple[str, ...]) -> bool:
+    """Whether ``KEY=VALUE`` sets one of the ``owned`` keys or something inside one."""
+    key = override.split("=", 1)[0]
+    return any(key == k or key.startswith(k + ".") for k in owned)
 
 
 def seed_list(text: str) -> list[int]:
@@ -104,11 +114,12 @@ def _reusable(record: Path, made_from: dict, what: Path) -> bool:
                 "hand): delete it or pick another --workdir"
             )
         return False
-    if json.loads(record.read_text()) != made_from:
+    held = json.loads(record.read_text())
+    if held.get("config_sha256") != made_from["config_sha256"]:
+        raise SystemExit(f"{what} was made from another version of the config: pick another --workdir")
+    if held != made_from:
         raise SystemExit(
-            f"{what} was made with other settings than this run's, or from another version of the "
-            f"config ({record} holds them): "
-            "pick another --workdir"
+            f"{what} was made with other settings than this run's ({record} holds them): pick another --workdir"
         )
     return True
 
@@ -150,6 +161,10 @@ def run_seed(seed: int, args) -> dict:
         *([f"--plan.objectives={args.objectives}"] if args.objectives else []),
         *[f"--plan.{kv}" for kv in args.plan_set],
     ]
+    if not ckpt.is_file():
+        raise SystemExit(
+            f"{ckpt} is missing (deleted after training?): delete {ckpt.parent.parent} to train again"
+        )
     made_from = _record(settings, args.config) | {
         "ckpt_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()  # a retrained seed plans anew
     }
@@ -167,8 +182,6 @@ def run_seed(seed: int, args) -> dict:
         for r in plan["rows"]
     ]
     paired = paired_violations(plan["rows"])
-    if not paired:
-        raise SystemExit("nothing to pair: --objectives must include expected and a risk-averse objective")
     return {"seed": seed, "ckpt": str(ckpt), "plan": str(out), "fit_s": fit_s, "rows": rows, "paired": paired}
 
 
@@ -289,10 +302,13 @@ def main() -> None:
     )
     args = p.parse_args()
     if args.compare:
+        if args.out == p.get_default("out"):
+            raise SystemExit("--compare needs its own --out (the default is this script's result)")
         a, b = (json.loads(Path(f).read_text()) for f in args.compare)
         rows, episodes = compare(a, b)
         md = compare_markdown(rows, *args.compare, episodes)
         print(md)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).with_suffix(".md").write_text(md)
         return
     config = Path(args.config).resolve()
@@ -305,16 +321,28 @@ def main() -> None:
             raise SystemExit(f"--set / --plan-set {kv!r}: give KEY=VALUE")
     for opt, given, owned in (("--set", args.set, FIT_OWNED), ("--plan-set", args.plan_set, PLAN_OWNED)):
         for kv in given:
-            key = kv.split("=", 1)[0]
-            if any(key == k or key.startswith(k + ".") for k in owned):
-                raise SystemExit(f"{opt} {kv!r}: {key} is set by this script (use its own options)")
+            if is_owned(kv, owned):
+                raise SystemExit(
+                    f"{opt} {kv!r}: {kv.split('=', 1)[0]} is set by this script (use its own options)"
+                )
+    objectives = yaml.safe_load(args.objectives) if args.objectives else None
+    if objectives is None:  # the config's
+        objectives = (yaml.safe_load(config.read_text()).get("plan") or {}).get(
+            "objectives", DEFAULT_OBJECTIVES
+        )
+    if "expected" not in objectives or len(objectives) < 2:
+        raise SystemExit(
+            f"--objectives {args.objectives!r}: include expected and a risk-averse objective to pair"
+        )
     seeds = seed_list(args.seeds)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pool = ThreadPoolExecutor(args.jobs)  # each job is a subprocess: the threads only wait
+    futures = [pool.submit(run_seed, s, args) for s in seeds]
     try:
-        results = list(pool.map(lambda s: run_seed(s, args), seeds))
-    except BaseException:  # the first failure (or Ctrl-C) stops the seeds not yet started
+        wait(futures, return_when=FIRST_EXCEPTION)  # the first failure (or Ctrl-C) ends the wait
+        results = [f.result() for f in futures]  # raises it
+    except BaseException:  # no new seed starts; the running ones finish their current command
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
@@ -333,6 +361,8 @@ def main() -> None:
         "seeds": seeds,
         "episodes": args.episodes,
         "episode_seed": args.episode_seed,
+        "planners": args.planners or "config's",
+        "objectives": args.objectives or "config's",
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.system()}",
         "wall_s": time.perf_counter() - t0,

@@ -176,10 +176,7 @@ def test_summary_and_table_are_computed_from_the_episodes():
 def test_the_refit_hazard_head_is_in_the_checkpoints_of_the_final_step(tmp_path):
     """The head is refit in the module's on_train_end, after Lightning's checkpoint callback has
     saved: the final step's files must be saved again, earlier steps' left alone."""
-    import torch.nn.functional as F
-
     from varjepa.checkpointing import load_checkpoint
-    from varjepa.worldmodel.plan import load_world_model
 
     args = _fit_args(tmp_path, steps=20)
     args += [
@@ -189,6 +186,7 @@ def test_the_refit_hazard_head_is_in_the_checkpoints_of_the_final_step(tmp_path)
         "--trainer.callbacks.save_top_k=-1",
         "--trainer.callbacks.every_n_train_steps=10",
         "--trainer.callbacks.filename=s{step}",
+        "--trainer.callbacks.save_weights_only=true",
         "--model.init_args.hazard_refit_steps=300",
     ]
     cli = run(args)
@@ -201,19 +199,9 @@ def test_the_refit_hazard_head_is_in_the_checkpoints_of_the_final_step(tmp_path)
             torch.testing.assert_close(sd[k], v, msg=f"{name}: {k}")
     early = load_checkpoint(ckdir / "sstep=10.ckpt")["state_dict"]
     assert any(not torch.equal(early[k], v) for k, v in live.items())
-    # the saved head scores the final latents of the training observations as the refit left them
-    model = load_world_model(str(ckdir / "last.ckpt"))
-    dm = cli.datamodule
-    roll, eps = dm.rollouts, dm.split_episodes["train"]
-    obs = torch.from_numpy(np.concatenate([roll.obs[e, : roll.length[e] + 1] for e in eps]))
-    y = torch.from_numpy(np.concatenate([roll.hazard[e, : roll.length[e] + 1] for e in eps])).float()
-    with torch.no_grad():
-        saved = F.binary_cross_entropy_with_logits(model.hazard_logits(model.encode(obs, target=True)), y)
-        before = load_world_model(str(ckdir / "sstep=10.ckpt"))
-        early_loss = F.binary_cross_entropy_with_logits(
-            before.hazard_logits(model.encode(obs, target=True)), y
-        )
-    assert float(saved) < float(early_loss)
+    # each file keeps its callback's kind: the weights-only callback's stays weights-only
+    assert "optimizer_states" not in load_checkpoint(ckdir / "sstep=20.ckpt")
+    assert "optimizer_states" in load_checkpoint(ckdir / "last.ckpt")
 
 
 def _episodes(hazard_seeds, seeds=range(20)):

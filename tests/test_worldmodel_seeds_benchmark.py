@@ -101,12 +101,22 @@ def test_two_seeds_pool_the_per_seed_plans(tmp_path):
 
 
 def test_options_the_script_sets_itself_are_refused(tmp_path):
-    for opt in ("--set=seed_everything=3", "--plan-set=episodes=5", "--set=trainer.logger.init_args.name=x"):
-        done = subprocess.run(
-            [sys.executable, str(PATH), "--workdir", str(tmp_path), opt], capture_output=True, text=True
-        )
-        assert done.returncode != 0 and "is set by this script" in done.stderr, opt
-    assert not any(tmp_path.iterdir())
+    work, out = tmp_path / "work", tmp_path / "res"
+    for opts, words in [
+        (["--plan-set=episodes=5"], "is set by this script"),
+        (["--objectives=[{name: cvar, alpha: 0.2}]"], "include expected"),
+    ]:
+        cmd = [sys.executable, str(PATH), "--workdir", str(work), "--out", str(out), *opts]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and words in done.stderr, opts
+    done = subprocess.run(
+        [sys.executable, str(PATH), "--compare", "a.json", "b.json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "needs its own --out" in done.stderr
+    assert not work.exists() and not any(tmp_path.iterdir())
 
 
 def test_two_recipes_are_paired_on_the_episodes_both_planned():
@@ -142,3 +152,13 @@ def test_two_recipes_are_paired_on_the_episodes_both_planned():
     assert "| cem | expected | 0,1 | 1 → 4 | 0 | 3 | 0.25 |" in md
     with pytest.raises(SystemExit, match="no episode in common"):
         bench.compare(a, result(200, 5, {(0, "expected"): []}))
+
+
+def test_owned_option_check_covers_nested_keys():
+    assert bench.is_owned("trainer.logger.init_args.name=x", bench.FIT_OWNED)
+    assert bench.is_owned("seed_everything=3", bench.FIT_OWNED)
+    assert not bench.is_owned("trainer.max_steps=10", bench.FIT_OWNED)
+    assert not bench.is_owned("seed_everything_extra=1", bench.FIT_OWNED)  # a prefix is not a key
+    assert bench.is_owned("episodes=5", bench.PLAN_OWNED) and not bench.is_owned(
+        "particles=4", bench.PLAN_OWNED
+    )

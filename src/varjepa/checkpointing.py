@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -151,21 +152,26 @@ def resave_final_checkpoints(trainer) -> list[Path]:
 
     Lightning calls the callbacks' ``on_train_end`` before the module's, so a change a module makes
     in its own ``on_train_end`` (e.g. a final refit of a head) would otherwise never reach the
-    files the run leaves behind. Checkpoints of earlier steps are left as they are. Call it on
-    every rank (``trainer.save_checkpoint`` synchronises them)."""
-    paths: list[str] = []
-    for cb in trainer.checkpoint_callbacks:
-        named = [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
-        for p in [*named, *getattr(cb, "best_k_models", {})]:  # (without a monitor: best = newest)
-            if p and p not in paths:
-                paths.append(p)
-    done = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            continue
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
-        if step == trainer.global_step:
-            trainer.save_checkpoint(path)
-            done.append(path)
-    return done
+    files the run leaves behind. Checkpoints of earlier steps are left as they are, and each file
+    keeps its callback's ``save_weights_only``. Rank 0 decides which files to write and tells the
+    others (``trainer.save_checkpoint`` is collective), so call it on every rank."""
+    todo: list[tuple[str, bool]] = []
+    if trainer.is_global_zero:
+        for cb in trainer.checkpoint_callbacks:
+            named = [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
+            for p in [*named, *getattr(cb, "best_k_models", {})]:  # (without a monitor: best = newest)
+                if not p or any(p == q for q, _ in todo) or not Path(p).is_file():
+                    continue
+                try:
+                    step = torch.load(p, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+                except Exception as e:  # an unreadable file is left as it is, with a warning
+                    warnings.warn(
+                        f"resave_final_checkpoints: {p} not re-saved, it does not load: {e}", stacklevel=2
+                    )
+                    continue
+                if step == trainer.global_step:
+                    todo.append((p, bool(getattr(cb, "save_weights_only", False))))
+    todo = trainer.strategy.broadcast(todo, src=0)
+    for p, weights_only in todo:
+        trainer.save_checkpoint(p, weights_only=weights_only)
+    return [Path(p) for p, _ in todo]
