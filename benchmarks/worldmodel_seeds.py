@@ -139,9 +139,9 @@ def run_seed(seed: int, args) -> dict:
         "--trainer.enable_progress_bar=false",
         *[f"--{kv}" for kv in args.set],
     ]
-    fit_record = workdir / f"seed{seed}" / "fit_args.json"
+    fit_record, fit_from = workdir / f"seed{seed}" / "fit_args.json", _record(fit_args, args.config)
     fit_s = None
-    if not _reusable(fit_record, _record(fit_args, args.config), ckpt.parent.parent):
+    if not _reusable(fit_record, fit_from, ckpt.parent.parent):
         t0 = time.perf_counter()
         _run([*VARJEPA, *fit_args], workdir / f"fit_seed{seed}.log")
         fit_s = time.perf_counter() - t0
@@ -150,7 +150,7 @@ def run_seed(seed: int, args) -> dict:
                 f"varjepa fit finished but wrote no {ckpt}: the config needs a ModelCheckpoint with "
                 "save_last: true and no dirpath of its own"
             )
-        fit_record.write_text(json.dumps(_record(fit_args, args.config)))
+        fit_record.write_text(json.dumps(fit_from))
     settings = [
         f"--config={args.config}",
         f"--ckpt_path={ckpt}",

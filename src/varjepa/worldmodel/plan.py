@@ -223,9 +223,18 @@ def _hazards(row: dict[str, Any]) -> dict[int, bool]:
     (:class:`EpisodeResult` objects, or their dicts as ``plan.json`` holds them)."""
     out = {}
     for e in row["episodes_detail"]:
-        d = asdict(e) if isinstance(e, EpisodeResult) else e
-        out[int(d["seed"])] = bool(d["hazard"])
+        seed, hazard = (e.seed, e.hazard) if isinstance(e, EpisodeResult) else (e["seed"], e["hazard"])
+        out[int(seed)] = bool(hazard)
     return out
+
+
+def _with_test(counts: dict[str, Any]) -> dict[str, Any]:
+    """``counts`` (violations and discordant episodes) with the cut (None without risk-neutral
+    violations) and the exact McNemar p-value computed from them."""
+    n_b = counts["violations_expected"]
+    counts["cut"] = 1 - counts["violations"] / n_b if n_b else None
+    counts["mcnemar_p"] = mcnemar_exact(counts["only_expected"], counts["only_objective"])
+    return counts
 
 
 def paired_violations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -245,21 +254,18 @@ def paired_violations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seeds = sorted(hb.keys() & hr.keys())
         if not seeds:
             raise ValueError(f"{r['planner']} {r['objective']}: no episode seed in common with 'expected'")
-        only_b = sum(hb[s] and not hr[s] for s in seeds)
-        only_r = sum(hr[s] and not hb[s] for s in seeds)
-        n_b, n_r = sum(hb[s] for s in seeds), sum(hr[s] for s in seeds)
         out.append(
-            {
-                "planner": r["planner"],
-                "objective": r["objective"],
-                "episodes": len(seeds),
-                "violations_expected": n_b,
-                "violations": n_r,
-                "only_expected": only_b,
-                "only_objective": only_r,
-                "cut": 1 - n_r / n_b if n_b else None,
-                "mcnemar_p": mcnemar_exact(only_b, only_r),
-            }
+            _with_test(
+                {
+                    "planner": r["planner"],
+                    "objective": r["objective"],
+                    "episodes": len(seeds),
+                    "violations_expected": sum(hb[s] for s in seeds),
+                    "violations": sum(hr[s] for s in seeds),
+                    "only_expected": sum(hb[s] and not hr[s] for s in seeds),
+                    "only_objective": sum(hr[s] and not hb[s] for s in seeds),
+                }
+            )
         )
     return out
 
@@ -277,11 +283,7 @@ def pool_paired(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             )
             for k in keys:
                 acc[k] += q[k]
-    for acc in pooled.values():
-        n_b = acc["violations_expected"]
-        acc["cut"] = 1 - acc["violations"] / n_b if n_b else None
-        acc["mcnemar_p"] = mcnemar_exact(acc["only_expected"], acc["only_objective"])
-    return list(pooled.values())
+    return [_with_test(acc) for acc in pooled.values()]
 
 
 PAIRED_NOTE = (
