@@ -16,6 +16,7 @@ from .callbacks import (
     UncertaintyMetrics,
 )
 from .data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, JEPADataModule
+from .distributed import destroy_process_group_at_exit
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS, kl_divergence
 from .masking import MultiBlockMasking
 from .module import VarJEPA
@@ -33,6 +34,9 @@ from .tabular import (
 from .worldmodel import LatentWorldModel, TrajectoryDataModule, WindyPointMass
 
 __version__ = "0.1.0"
+
+# a gloo process group left alive at exit can abort the process (varjepa.distributed)
+destroy_process_group_at_exit()
 
 __all__ = [
     "CIFAR10DataModule",
