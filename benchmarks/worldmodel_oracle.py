@@ -11,6 +11,10 @@ learned one instead (latent distance of the target-encoded true states to the go
 the learned dynamics (compare with ``varjepa plan`` on the same checkpoint). ``--imagined`` plans
 with counterfactual wind instead (:func:`true_rollouts`): gusts without momentum, or a Gaussian wind
 without the heavy tail, to measure what a world model must get right for CVaR to help.
+``--observe filter`` starts the rollouts from a bootstrap particle filter's belief instead of the
+true state (:class:`ParticleFilter`: the environment's dynamics, fed the noisy positions an agent
+sees): a perfect model that still has to infer the velocity and a gust's momentum, the best any
+world model planning from observations can do with this budget.
 
 Prints a table per environment setting and writes ``benchmarks/results/worldmodel_oracle.{json,md}``.
 
@@ -18,6 +22,7 @@ Prints a table per environment setting and writes ``benchmarks/results/worldmode
     python benchmarks/worldmodel_oracle.py --env '{"gust_prob": 0.05, "gust_spread": 0.15}' --weights 3
     python benchmarks/worldmodel_oracle.py --ckpt runs/windy_point/version_0/checkpoints/last.ckpt --weights 3
     python benchmarks/worldmodel_oracle.py --env '{}' --imagined true,no_momentum,gaussian_wind --episodes 100
+    python benchmarks/worldmodel_oracle.py --env '{}' --observe state,filter --weights 3,10,30 --episodes 200
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from varjepa.eval.paired import mcnemar_exact
 from varjepa.worldmodel.costs import GoalHazardCost
 from varjepa.worldmodel.envs import WindyPointMass
 
@@ -38,6 +44,59 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the default wind (rare strong gusts) and the frequent weaker gusts of earlier versions
 DEFAULT_ENVS = ["{}", '{"gust_prob": 0.1, "gust_strength": 0.2}']
 HORIZON, CANDIDATES, PARTICLES, ITERATIONS, ELITES, NOISE, MIN_STD = 10, 32, 16, 3, 6, 0.5, 0.05
+
+
+#: where the planner's rollouts start (``--observe``): the true hidden state, or a particle filter's
+#: belief from the noisy observations
+OBSERVE = ("state", "filter")
+FILTER_PARTICLES = 2000
+
+
+class ParticleFilter:
+    """Bootstrap particle filter over the hidden state of a :class:`WindyPointMass` (position and
+    velocity, ``[N, 2]`` each) from its noisy position observations, with the environment's own
+    start distribution, dynamics (base wind and gusts) and observation noise.
+
+    ``reset(obs)`` after ``env.reset``; ``step(action, obs)`` after each ``env.step``; ``sample(k)``
+    draws ``k`` states ``([k, 2], [k, 2])`` from the current belief."""
+
+    def __init__(self, env: WindyPointMass, rng: np.random.Generator, n: int = FILTER_PARTICLES):
+        self.env, self.rng, self.n = env, rng, n
+
+    def reset(self, obs: np.ndarray) -> None:
+        e = self.env
+        self.pos = e.start + self.rng.normal(0.0, e.start_noise, (self.n, 2))
+        self.vel = np.zeros((self.n, 2))
+        self._weigh(obs)
+
+    def step(self, action: np.ndarray, obs: np.ndarray) -> None:
+        e, n = self.env, self.n
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        wind = self.rng.normal(0.0, e.wind_std, (n, 2))
+        gust = self.rng.random(n) < e.gust_prob
+        g = self.rng.uniform(0.5, 1.0, n) * e.gust_strength
+        phi = self.rng.normal(0.0, e.gust_spread, n)
+        wind += (g * gust)[:, None] * np.stack([np.sin(phi), -np.cos(phi)], -1)
+        self.vel = e.damping * self.vel + e.accel * a + wind
+        self.pos = np.clip(self.pos + self.vel, -e.bounds, e.bounds)
+        self._weigh(obs)
+
+    def _weigh(self, obs: np.ndarray) -> None:
+        """Weight by the observation's likelihood and resample (systematic)."""
+        logw = -((self.pos - np.asarray(obs, dtype=np.float64)) ** 2).sum(-1) / (2 * self.env.obs_noise**2)
+        w = np.exp(logw - logw.max())
+        cdf = np.cumsum(w / w.sum())
+        idx = np.searchsorted(cdf, (self.rng.random() + np.arange(self.n)) / self.n)
+        idx = np.minimum(idx, self.n - 1)
+        self.pos, self.vel = self.pos[idx], self.vel[idx]
+
+    def mean(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean position and velocity ``([2], [2])``."""
+        return self.pos.mean(0), self.vel.mean(0)
+
+    def sample(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.rng.integers(0, self.n, k)
+        return self.pos[idx], self.vel[idx]
 
 
 #: how the planner's imagined rollouts treat the wind (``--imagined``): the environment's own
@@ -61,7 +120,8 @@ def true_rollouts(
     env: WindyPointMass, pos, vel, actions: np.ndarray, rng: np.random.Generator, imagined: str = "true"
 ) -> np.ndarray:
     """Positions ``[C, P, H, 2]`` of ``P`` rollouts of each action sequence ``[C, H, 2]`` from the true
-    state, with the environment's wind (the same draws for every sequence).
+    state (``pos``, ``vel``: ``[2]``, or ``[P, 2]`` for one start per rollout), with the
+    environment's wind (the same draws for every sequence).
 
     ``imagined`` replaces the wind by a counterfactual (to measure which property of the gusts a
     risk-averse planner needs to see): ``no_momentum`` adds each gust's push to the position for
@@ -126,22 +186,39 @@ def risk(costs: np.ndarray, objective: str, alpha: float = 0.2) -> np.ndarray:
 
 
 def episode(
-    env: WindyPointMass, cost, objective: str, seed: int, imagined: str = "true"
+    env: WindyPointMass,
+    cost,
+    objective: str,
+    seed: int,
+    imagined: str = "true",
+    observe: str = "state",
+    alpha: float = 0.2,
 ) -> tuple[bool, bool]:
-    """One receding-horizon CEM episode (rollouts as ``imagined``); returns ``(hazard, success)``."""
-    _, info = env.reset(seed=seed)
+    """One receding-horizon CEM episode (rollouts as ``imagined``, started from the true state or
+    from a particle filter's belief as ``observe``; CVaR over the worst ``alpha`` share); returns
+    ``(hazard, success)``."""
+    if observe not in OBSERVE:
+        raise ValueError(f"observe = {observe!r}; allowed: {', '.join(OBSERVE)}")
+    obs, info = env.reset(seed=seed)
     rng = np.random.default_rng(seed + 7)
+    belief = ParticleFilter(env, np.random.default_rng(seed + 11)) if observe == "filter" else None
+    if belief is not None:
+        belief.reset(obs)
     mean = np.zeros((HORIZON, 2))
     for _ in range(env.max_steps):
         std = np.full((HORIZON, 2), NOISE)
+        start = (info["position"], info["velocity"]) if belief is None else belief.sample(PARTICLES)
         for _ in range(ITERATIONS):
             acts = np.clip(mean + std * rng.normal(size=(CANDIDATES, HORIZON, 2)), -1, 1)
             acts[0] = np.clip(mean, -1, 1)
-            paths = true_rollouts(env, info["position"], info["velocity"], acts, rng, imagined)
-            scores = risk(cost(paths), objective)
+            paths = true_rollouts(env, *start, acts, rng, imagined)
+            scores = risk(cost(paths), objective, alpha)
             elite = acts[np.argsort(scores)[:ELITES]]
             mean, std = elite.mean(0), np.maximum(elite.std(0), MIN_STD)
-        _, _, terminated, truncated, info = env.step(np.clip(mean[0], -1, 1))
+        action = np.clip(mean[0], -1, 1)
+        obs, _, terminated, truncated, info = env.step(action)
+        if belief is not None:
+            belief.step(action, obs)
         mean = np.concatenate([mean[1:], mean[-1:]])
         if terminated or truncated:
             break
@@ -149,6 +226,7 @@ def episode(
 
 
 def main() -> None:
+    global PARTICLES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", action="append", help="WindyPointMass kwargs as JSON (repeatable)")
     ap.add_argument("--weights", default="1,3,10", help="hazard weights, comma-separated")
@@ -161,8 +239,21 @@ def main() -> None:
         help=f"comma-separated rollout dynamics for the planner ({', '.join(IMAGINED)}); the episodes "
         "always run in the real environment",
     )
+    ap.add_argument("--alphas", default="0.2", help="CVaR tail shares, comma-separated")
+    ap.add_argument(
+        "--particles", type=int, default=PARTICLES, help="rollouts per candidate (the budget's P)"
+    )
+    ap.add_argument(
+        "--observe",
+        default="state",
+        help=f"comma-separated: where rollouts start ({', '.join(OBSERVE)}: the true state, or a particle "
+        "filter's belief from the noisy observations)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "worldmodel_oracle"))
     args = ap.parse_args()
+    if args.particles < 1:
+        ap.error(f"--particles {args.particles}: must be >= 1")
+    PARTICLES = args.particles  # read by true_rollouts and episode
     torch.set_num_threads(1)
     model = None
     if args.ckpt:
@@ -177,34 +268,59 @@ def main() -> None:
     bad = sorted(set(imagined) - set(IMAGINED))
     if bad:
         ap.error(f"--imagined: unknown {bad}; allowed: {', '.join(IMAGINED)}")
+    observe = args.observe.split(",")
+    bad = sorted(set(observe) - set(OBSERVE))
+    if bad:
+        ap.error(f"--observe: unknown {bad}; allowed: {', '.join(OBSERVE)}")
+    alphas = [float(a) for a in args.alphas.split(",")]
+    if not all(0 < a <= 1 for a in alphas):
+        ap.error(f"--alphas {args.alphas}: each must be in (0, 1]")
     rows, t0 = [], time.perf_counter()
-    for env_json, im, w in itertools.product(envs, imagined, weights):
+
+    def run(env, cost, obj, im, ob, alpha=0.2) -> dict:
+        res = np.array([episode(env, cost, obj, args.seed + i, im, ob, alpha) for i in range(args.episodes)])
+        bad = [int(args.seed + i) for i in np.flatnonzero(res[:, 0])]
+        return {"hazard": res[:, 0].mean(), "success": res[:, 1].mean(), "hazard_episodes": bad}
+
+    for env_json, ob, im, w in itertools.product(envs, observe, imagined, weights):
         env = WindyPointMass(**json.loads(env_json))
         cost = LearnedCost(model, env, w) if model is not None else TrueCost(env, w)
-        row = {"env": json.loads(env_json), "imagined": im, "hazard_weight": w}
-        row["cost"] = "learned" if model else "true"
-        for obj in ("expected", "cvar"):
-            res = [episode(env, cost, obj, args.seed + i, im) for i in range(args.episodes)]
-            res = np.array(res, float)
-            row[f"{obj}_hazard"], row[f"{obj}_success"] = res[:, 0].mean(), res[:, 1].mean()
-        row["cut"] = 1 - row["cvar_hazard"] / max(row["expected_hazard"], 1e-9)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        base = run(env, cost, "expected", im, ob)  # the risk-neutral row, shared by every alpha
+        for alpha in alphas:
+            row = {
+                "env": json.loads(env_json),
+                "observe": ob,
+                "imagined": im,
+                "hazard_weight": w,
+                "alpha": alpha,
+            }
+            row["cost"] = "learned" if model else "true"
+            for obj, r in (("expected", base), ("cvar", run(env, cost, "cvar", im, ob, alpha))):
+                row.update({f"{obj}_{k}": v for k, v in r.items()})
+            row["cut"] = 1 - row["cvar_hazard"] / max(row["expected_hazard"], 1e-9)
+            only_e = len(set(row["expected_hazard_episodes"]) - set(row["cvar_hazard_episodes"]))
+            only_c = len(set(row["cvar_hazard_episodes"]) - set(row["expected_hazard_episodes"]))
+            row["only_expected"], row["only_cvar"] = only_e, only_c
+            row["mcnemar_p"] = mcnemar_exact(only_e, only_c)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     header = (
-        f"# Oracle planning (true state) in the windy point mass\n\n{args.episodes} episodes per cell "
+        f"# Oracle planning (true dynamics) in the windy point mass\n\n{args.episodes} episodes per cell "
         f"(seeds {args.seed}–{args.seed + args.episodes - 1}); CEM, horizon {HORIZON}, {CANDIDATES} candidates × "
-        f"{PARTICLES} particles × {ITERATIONS} iterations; CVaR α = 0.2; cost: "
+        f"{PARTICLES} particles × {ITERATIONS} iterations; cost: "
         f"{'learned (' + str(args.ckpt) + ')' if model else 'true'}; {time.perf_counter() - t0:.0f} s.\n\n"
     )
     lines = [
-        "| env | imagined wind | hazard weight | expected: violations | success | CVaR: violations | success | cut |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| env | rollouts start from | imagined wind | hazard weight | expected: violations | success | "
+        "CVaR α | CVaR: violations | success | cut | only expected / only CVaR (McNemar p) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {json.dumps(r['env']) if r['env'] else 'default'} | {r['imagined']} | {r['hazard_weight']:g} | "
-            f"{r['expected_hazard']:.2f} | {r['expected_success']:.2f} | {r['cvar_hazard']:.2f} | "
-            f"{r['cvar_success']:.2f} | {100 * r['cut']:.0f} % |"
+            f"| {json.dumps(r['env']) if r['env'] else 'default'} | {r['observe']} | {r['imagined']} | "
+            f"{r['hazard_weight']:g} | {r['expected_hazard']:.3f} | {r['expected_success']:.3f} | "
+            f"{r['alpha']:g} | {r['cvar_hazard']:.3f} | {r['cvar_success']:.3f} | {100 * r['cut']:.0f} % | "
+            f"{r['only_expected']} / {r['only_cvar']} ({r['mcnemar_p']:.2g}) |"
         )
     md = header + "\n".join(lines) + "\n"
     print(md)

@@ -98,3 +98,45 @@ def test_counterfactual_wind_moments_and_momentum():
     assert (g2_none >= 0.1 - 1e-12).all() and (g2_none <= 0.2 + 1e-12).all()
     with pytest.raises(ValueError, match="allowed"):
         oracle.true_rollouts(env1, np.zeros(2), np.zeros(2), two, np.random.default_rng(3), "nope")
+
+
+def test_particle_filter_tracks_position_and_infers_velocity_and_gusts():
+    env = WindyPointMass(terminate_on_hazard=False, terminate_on_goal=False)
+    pos_err, obs_err, vel_err, gust_err = [], [], [], []
+    for seed in range(8):
+        obs, info = env.reset(seed=seed)
+        pf = oracle.ParticleFilter(env, np.random.default_rng(seed), n=1000)
+        pf.reset(obs)
+        rng = np.random.default_rng(100 + seed)
+        for _ in range(60):
+            a = rng.uniform(-1, 1, 2)
+            obs, _, _, _, info = env.step(a)
+            pf.step(a, obs)
+            p, v = pf.mean()
+            pos_err.append(np.linalg.norm(p - info["position"]))
+            obs_err.append(np.linalg.norm(obs - info["position"]))
+            vel_err.append(np.linalg.norm(v - info["velocity"]))
+            if info["gust"]:
+                gust_err.append(np.linalg.norm(v - info["velocity"]))
+    rms = lambda e: float(np.sqrt(np.mean(np.square(e))))  # noqa: E731
+    # the observations alone are off by obs_noise·√2 ≈ 0.042; the filter halves that
+    assert rms(obs_err) == pytest.approx(0.03 * np.sqrt(2), rel=0.1)
+    assert rms(pos_err) < 0.65 * rms(obs_err)
+    # the velocity is never observed; the filter knows it to a fraction of a gust's push (0.15-0.3)
+    assert rms(vel_err) < 0.03
+    assert len(gust_err) >= 5 and rms(gust_err) < 0.06
+    pos, vel = pf.sample(16)
+    assert pos.shape == vel.shape == (16, 2)
+
+
+def test_oracle_rollouts_accept_one_start_per_particle():
+    env = WindyPointMass(wind_std=0.0, gust_prob=0.0)
+    rng = np.random.default_rng(0)
+    starts = rng.normal(size=(oracle.PARTICLES, 2))
+    acts = np.zeros((3, oracle.HORIZON, 2))
+    out = oracle.true_rollouts(env, starts, np.zeros((oracle.PARTICLES, 2)), acts, rng)
+    np.testing.assert_allclose(
+        out[:, :, 0], np.broadcast_to(np.clip(starts, -2, 2), (3, oracle.PARTICLES, 2))
+    )
+    with pytest.raises(ValueError, match="observe"):
+        oracle.episode(env, oracle.TrueCost(env, 1.0), "expected", 0, observe="belief")

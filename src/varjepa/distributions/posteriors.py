@@ -101,6 +101,14 @@ class PosteriorFamily(nn.Module):
         """The distribution for fp32 ``params`` of shape ``[*batch, num_params]``."""
         raise NotImplementedError
 
+    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor | None:
+        """A draw ``[*batch, dim]`` of the distribution of head outputs ``params`` ``[*batch,
+        num_params]`` made from ``eps ~ N(0, I)`` ``[*batch, dim]`` and ``u ~ U(0, 1)`` ``[*batch]``
+        without building the distribution (a planner's common random numbers, its inner loop), or
+        None if the family has no such transform. Equal to
+        :func:`~varjepa.worldmodel.sampling.sample_from_noise` of ``self(params)``."""
+        return None
+
     def forward(self, params: Tensor) -> Distribution:
         """``[*batch, num_params]`` head outputs → distribution with event ``[dim]`` (fp32)."""
         if params.shape[-1] != self.num_params:
@@ -169,6 +177,10 @@ class DiagGaussian(PosteriorFamily):
     def build(self, params: Tensor) -> Distribution:
         loc, raw = params.split(self.dim, dim=-1)
         return Independent(Normal(loc, self.std(raw)), 1)
+
+    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        loc, raw = params.float().split(self.dim, dim=-1)
+        return loc + self.std(raw) * eps
 
 
 class FastLowRankMVN(LowRankMultivariateNormal):
@@ -307,6 +319,21 @@ class Mixture(PosteriorFamily):
             locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
         )
 
+    def pick(self, logits: Tensor, u: Tensor, *blocks: Tensor) -> list[Tensor]:
+        """Component ``k`` per batch element by inverting the weights' CDF (``logits`` ``[*batch, K]``)
+        at ``u`` ``[*batch]``; returns each of ``blocks`` ``[*batch, K·d]`` at that component ``[*batch, d]``."""
+        K, d = self.components, self.dim
+        cdf = torch.softmax(logits, -1).cumsum(-1)
+        k = (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=K - 1)
+        idx = k[..., None, None].expand(*k.shape, 1, d)
+        return [b.unflatten(-1, (K, d)).gather(-2, idx).squeeze(-2) for b in blocks]
+
+    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        k, d = self.components, self.dim
+        locs, raw, logits = params.float().split([k * d, k * d, k], dim=-1)
+        loc, r = self.pick(logits, u, locs, raw)
+        return loc + self.std(r) * eps  # only the drawn component's spread is computed
+
     @staticmethod
     def _moments(dist: Distribution) -> tuple[Tensor, Tensor]:
         # computed once per distribution (the closed-form NLL asks for both)
@@ -364,6 +391,12 @@ class AnchoredMixture(Mixture):
         )
         dist._varjepa_anchor = anchor
         return dist
+
+    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        k, d = self.components, self.dim
+        anchor, offsets, raw, logits = params.float().split([d, k * d, k * d, k], dim=-1)
+        offset, r = self.pick(logits, u, offsets, raw)
+        return (anchor + offset) + self.std(r) * eps
 
     def mean(self, dist: Distribution) -> Tensor:
         m = self._moments(dist)[0]

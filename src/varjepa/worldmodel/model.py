@@ -413,11 +413,14 @@ class LatentWorldModel(L.LightningModule):
         for j in range(actions.shape[1]):
             a = actions[:, j]
             p = self.predict_params(h, a)
-            dist = self.family(p)
             z = None
             if sample and self.family.stochastic and noise is not None:
-                z = sample_from_noise(dist, noise[0][:, j], noise[1][:, j])
+                # planning's inner loop: draw without building the distribution where the family can
+                z = self.family.sample_from_params(p, noise[0][:, j], noise[1][:, j])
+                if z is None:
+                    z = sample_from_noise(self.family(p), noise[0][:, j], noise[1][:, j])
             if z is None:
+                dist = self.family(p)
                 z = dist.rsample() if sample and self.family.stochastic else self.family.mean(dist)
             params.append(p)
             zs.append(z)
