@@ -136,7 +136,8 @@ def test_sample_from_noise_mixture_has_the_mixture_distribution():
 
 
 @pytest.mark.parametrize(
-    "spec", ["diag_gaussian", {"name": "mixture", "components": 4}, {"name": "anchored_mixture", "components": 5}]
+    "spec",
+    ["diag_gaussian", {"name": "mixture", "components": 4}, {"name": "anchored_mixture", "components": 5}],
 )
 def test_sample_from_params_equals_sampling_the_built_distribution(spec):
     """The planner's fast path (no distribution built) draws exactly what sample_from_noise draws."""
