@@ -466,7 +466,7 @@ class ToyModel(torch.nn.Module):
     def denormalize_action(self, a):
         return a
 
-    def imagine(self, h, actions, sample=True, noise=None):
+    def imagine(self, h, actions, sample=True, noise=None, keep_params=True):
         x, zs = h[:, 0], []
         u = noise[1] if noise is not None else torch.rand(actions.shape[:2])
         for j in range(actions.shape[1]):

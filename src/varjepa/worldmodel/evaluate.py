@@ -83,7 +83,7 @@ def rollout_samples(
     target = model.encode(obs[:, t0 + 1 : t0 + 1 + k], target=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _, zs = model.imagine(h.repeat(n, 1), act[:, t0 : t0 + k].repeat(n, 1, 1))
+        _, zs = model.imagine(h.repeat(n, 1), act[:, t0 : t0 + k].repeat(n, 1, 1), keep_params=False)
     return zs.reshape(n, B, k, -1), target
 
 

@@ -390,7 +390,11 @@ class LatentWorldModel(L.LightningModule):
         x = self.head_norm(torch.cat([h, action], -1))
         params = self.head(x)
         if self.anchor_head is not None:
-            params = torch.cat([self.anchor_head(x), params], -1)
+            loc = self.anchor_head(x)
+            if self.hparams.residual and self.family.loc_blocks == 1:
+                # the family's shift, applied before the concatenation (one copy fewer per step)
+                return torch.cat([loc + self.belief.latest(h), params], -1)
+            params = torch.cat([loc, params], -1)
         if self.hparams.residual:
             params = self.family.shift(params, self.belief.latest(h))
         return params
@@ -400,15 +404,21 @@ class LatentWorldModel(L.LightningModule):
         return self.family(self.predict_params(h, action))
 
     def imagine(
-        self, h: Tensor, actions: Tensor, sample: bool = True, noise: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        h: Tensor,
+        actions: Tensor,
+        sample: bool = True,
+        noise: tuple[Tensor, Tensor] | None = None,
+        keep_params: bool = True,
+    ) -> tuple[Tensor | None, Tensor]:
         """Open-loop rollout from beliefs ``h`` ``[N, belief]`` under normalised actions ``[N, k, A]``.
 
         Returns ``(params [N, k, P], z [N, k, d])``: the family's parameters of every step's
-        prediction and the latents fed back (reparameterised samples, or means with
-        ``sample=False``). ``noise = (eps [N, k, d], u [N, k])`` makes the samples from given draws
-        (common random numbers, see :func:`~varjepa.worldmodel.sampling.sample_from_noise`; families
-        without such a transform sample independently)."""
+        prediction (None with ``keep_params=False``, which planners use) and the latents fed back
+        (reparameterised samples, or means with ``sample=False``). ``noise = (eps [N, k, d], u [N,
+        k])`` makes the samples from given draws (common random numbers, see
+        :func:`~varjepa.worldmodel.sampling.sample_from_noise`; families without such a transform
+        sample independently)."""
         params, zs = [], []
         for j in range(actions.shape[1]):
             a = actions[:, j]
@@ -422,11 +432,12 @@ class LatentWorldModel(L.LightningModule):
             if z is None:
                 dist = self.family(p)
                 z = dist.rsample() if sample and self.family.stochastic else self.family.mean(dist)
-            params.append(p)
+            if keep_params:
+                params.append(p)
             zs.append(z)
             if j + 1 < actions.shape[1]:
                 h = self.update_belief(h, z, a)
-        return torch.stack(params, 1), torch.stack(zs, 1)
+        return (torch.stack(params, 1) if keep_params else None), torch.stack(zs, 1)
 
     def hazard_logits(self, z: Tensor) -> Tensor:
         """Hazard logits ``[...]`` of latents ``[..., d]`` (zeros when the model has no hazard head)."""

@@ -113,7 +113,7 @@ class LatentPlanner:
         if self.common_noise:
             eps, u = self.noise_draws
             noise = (eps[:, :H].repeat(N, 1, 1), u[:, :H].repeat(N, 1))
-        _, z = self.model.imagine(hs, acts, noise=noise)  # [N·P, H, d]
+        _, z = self.model.imagine(hs, acts, noise=noise, keep_params=False)  # [N·P, H, d]
         c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
         return self.risk((c * self._weights).sum(-1))
 
