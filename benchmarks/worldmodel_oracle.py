@@ -57,8 +57,10 @@ class ParticleFilter:
     velocity, ``[N, 2]`` each) from its noisy position observations, with the environment's own
     start distribution, dynamics (base wind and gusts) and observation noise.
 
-    ``reset(obs)`` after ``env.reset``; ``step(action, obs)`` after each ``env.step``; ``sample(k)``
-    draws ``k`` states ``([k, 2], [k, 2])`` from the current belief."""
+    ``reset(obs)`` after ``env.reset``; ``step(action, obs)`` after each ``env.step`` that did not
+    end the episode; ``sample(k)`` draws ``k`` states ``([k, 2], [k, 2])`` from the current belief.
+    An episode that goes on also tells the agent that the mass is not in the hazard (nor at the
+    goal), when those end it: such particles get no weight."""
 
     def __init__(self, env: WindyPointMass, rng: np.random.Generator, n: int = FILTER_PARTICLES):
         self.env, self.rng, self.n = env, rng, n
@@ -79,11 +81,19 @@ class ParticleFilter:
         wind += (g * gust)[:, None] * np.stack([np.sin(phi), -np.cos(phi)], -1)
         self.vel = e.damping * self.vel + e.accel * a + wind
         self.pos = np.clip(self.pos + self.vel, -e.bounds, e.bounds)
-        self._weigh(obs)
+        ended = np.zeros(n, dtype=bool)
+        if e.terminate_on_hazard:
+            ended |= e.hazard.contains(self.pos)
+        if e.terminate_on_goal:
+            ended |= np.linalg.norm(self.pos - e.goal, axis=-1) <= e.goal_radius
+        self._weigh(obs, ended)
 
-    def _weigh(self, obs: np.ndarray) -> None:
-        """Weight by the observation's likelihood and resample (systematic)."""
+    def _weigh(self, obs: np.ndarray, excluded: np.ndarray | None = None) -> None:
+        """Weight by the observation's likelihood (zero for ``excluded`` particles, unless that
+        would leave none) and resample (systematic)."""
         logw = -((self.pos - np.asarray(obs, dtype=np.float64)) ** 2).sum(-1) / (2 * self.env.obs_noise**2)
+        if excluded is not None and not excluded.all():
+            logw = np.where(excluded, -np.inf, logw)
         w = np.exp(logw - logw.max())
         cdf = np.cumsum(w / w.sum())
         idx = np.searchsorted(cdf, (self.rng.random() + np.arange(self.n)) / self.n)
@@ -279,8 +289,8 @@ def main() -> None:
 
     def run(env, cost, obj, im, ob, alpha=0.2) -> dict:
         res = np.array([episode(env, cost, obj, args.seed + i, im, ob, alpha) for i in range(args.episodes)])
-        bad = [int(args.seed + i) for i in np.flatnonzero(res[:, 0])]
-        return {"hazard": res[:, 0].mean(), "success": res[:, 1].mean(), "hazard_episodes": bad}
+        hit = [int(args.seed + i) for i in np.flatnonzero(res[:, 0])]
+        return {"hazard": res[:, 0].mean(), "success": res[:, 1].mean(), "hazard_episodes": hit}
 
     for env_json, ob, im, w in itertools.product(envs, observe, imagined, weights):
         env = WindyPointMass(**json.loads(env_json))
@@ -327,7 +337,23 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
-        json.dumps({"episodes": args.episodes, "ckpt": args.ckpt, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "episodes": args.episodes,
+                "seed": args.seed,
+                "particles": PARTICLES,
+                "budget": {
+                    "horizon": HORIZON,
+                    "candidates": CANDIDATES,
+                    "iterations": ITERATIONS,
+                    "elites": ELITES,
+                },
+                "filter_particles": FILTER_PARTICLES,
+                "ckpt": args.ckpt,
+                "rows": rows,
+            },
+            indent=2,
+        )
     )
     out.with_suffix(".md").write_text(md)
 

@@ -151,6 +151,15 @@ def test_sample_from_params_equals_sampling_the_built_distribution(spec):
         # different u pick different components
         other = fam.sample_from_params(params, eps, (u + 0.5) % 1)
         assert (fast - other).abs().amax(-1).gt(1e-3).float().mean() > 0.3
+    # the same parameters get gradient (anchored_mixture: the anchor is detached in both)
+    grads = []
+    for draw in (lambda q: fam.sample_from_params(q, eps, u), lambda q: sample_from_noise(fam(q), eps, u)):
+        q = params.clone().requires_grad_(True)
+        draw(q).sum().backward()
+        grads.append(q.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    if spec != "diag_gaussian" and spec["name"] == "anchored_mixture":
+        assert grads[0][:, :6].abs().sum() == 0 and grads[0][:, 6:].abs().sum() > 0
     flow = POSTERIORS.build("flow", dim=2)
     assert flow.sample_from_params(torch.zeros(1, flow.num_params), torch.zeros(1, 2), torch.zeros(1)) is None
 

@@ -140,3 +140,29 @@ def test_oracle_rollouts_accept_one_start_per_particle():
     )
     with pytest.raises(ValueError, match="observe"):
         oracle.episode(env, oracle.TrueCost(env, 1.0), "expected", 0, observe="belief")
+
+
+def test_particle_filter_keeps_no_particle_where_the_episode_would_have_ended():
+    # a mass parked on the hazard's edge: the observations alone leave particles inside it
+    env = WindyPointMass(start=(0.0, -0.08), start_noise=0.0, gust_prob=0.5, obs_noise=0.1)
+    obs, _ = env.reset(seed=0)
+    pf = oracle.ParticleFilter(env, np.random.default_rng(0), n=2000)
+    pf.reset(obs)
+    inside = []
+    for _ in range(5):
+        obs, _, terminated, _, _ = env.step(np.zeros(2))
+        if terminated:
+            break
+        pf.step(np.zeros(2), obs)
+        inside.append(env.hazard.contains(pf.pos).mean())
+    assert inside and max(inside) == 0.0
+    # without termination in the hazard, the same filter keeps some there
+    env2 = WindyPointMass(
+        start=(0.0, -0.08), start_noise=0.0, gust_prob=0.5, obs_noise=0.1, terminate_on_hazard=False
+    )
+    obs, _ = env2.reset(seed=0)
+    pf2 = oracle.ParticleFilter(env2, np.random.default_rng(0), n=2000)
+    pf2.reset(obs)
+    obs, *_ = env2.step(np.zeros(2))
+    pf2.step(np.zeros(2), obs)
+    assert env2.hazard.contains(pf2.pos).mean() > 0.05

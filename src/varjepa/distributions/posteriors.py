@@ -105,8 +105,8 @@ class PosteriorFamily(nn.Module):
         """A draw ``[*batch, dim]`` of the distribution of head outputs ``params`` ``[*batch,
         num_params]`` made from ``eps ~ N(0, I)`` ``[*batch, dim]`` and ``u ~ U(0, 1)`` ``[*batch]``
         without building the distribution (a planner's common random numbers, its inner loop), or
-        None if the family has no such transform. Equal to
-        :func:`~varjepa.worldmodel.sampling.sample_from_noise` of ``self(params)``."""
+        None if the family has no such transform. Equal (bitwise, and in which parameters get
+        gradient) to :func:`~varjepa.worldmodel.sampling.sample_from_noise` of ``self(params)``."""
         return None
 
     def forward(self, params: Tensor) -> Distribution:
@@ -396,7 +396,8 @@ class AnchoredMixture(Mixture):
         k, d = self.components, self.dim
         anchor, offsets, raw, logits = params.float().split([d, k * d, k * d, k], dim=-1)
         offset, r = self.pick(logits, u, offsets, raw)
-        return (anchor + offset) + self.std(r) * eps
+        base = anchor.detach() if self.detach_anchor else anchor  # as in build
+        return (base + offset) + self.std(r) * eps
 
     def mean(self, dist: Distribution) -> Tensor:
         m = self._moments(dist)[0]

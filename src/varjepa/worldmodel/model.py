@@ -423,14 +423,15 @@ class LatentWorldModel(L.LightningModule):
         for j in range(actions.shape[1]):
             a = actions[:, j]
             p = self.predict_params(h, a)
-            z = None
+            z = dist = None
             if sample and self.family.stochastic and noise is not None:
                 # planning's inner loop: draw without building the distribution where the family can
                 z = self.family.sample_from_params(p, noise[0][:, j], noise[1][:, j])
                 if z is None:
-                    z = sample_from_noise(self.family(p), noise[0][:, j], noise[1][:, j])
+                    dist = self.family(p)
+                    z = sample_from_noise(dist, noise[0][:, j], noise[1][:, j])
             if z is None:
-                dist = self.family(p)
+                dist = self.family(p) if dist is None else dist
                 z = dist.rsample() if sample and self.family.stochastic else self.family.mean(dist)
             if keep_params:
                 params.append(p)
