@@ -127,9 +127,15 @@ def gaussian_wind_moments(env: WindyPointMass) -> tuple[np.ndarray, np.ndarray]:
 
 
 def true_rollouts(
-    env: WindyPointMass, pos, vel, actions: np.ndarray, rng: np.random.Generator, imagined: str = "true"
+    env: WindyPointMass,
+    pos,
+    vel,
+    actions: np.ndarray,
+    rng: np.random.Generator,
+    imagined: str = "true",
+    particles: int = PARTICLES,
 ) -> np.ndarray:
-    """Positions ``[C, P, H, 2]`` of ``P`` rollouts of each action sequence ``[C, H, 2]`` from the true
+    """Positions ``[C, P, H, 2]`` of ``P = particles`` rollouts of each action sequence ``[C, H, 2]`` from the true
     state (``pos``, ``vel``: ``[2]``, or ``[P, 2]`` for one start per rollout), with the
     environment's wind (the same draws for every sequence).
 
@@ -141,7 +147,7 @@ def true_rollouts(
     if imagined not in IMAGINED:
         raise ValueError(f"imagined = {imagined!r}; allowed: {', '.join(IMAGINED)}")
     C, H, _ = actions.shape
-    P = PARTICLES
+    P = particles
     wind = rng.normal(0.0, env.wind_std, (H, P, 2))
     gust = rng.random((H, P)) < env.gust_prob
     g = rng.uniform(0.5, 1.0, (H, P)) * env.gust_strength
@@ -203,10 +209,11 @@ def episode(
     imagined: str = "true",
     observe: str = "state",
     alpha: float = 0.2,
+    particles: int = PARTICLES,
 ) -> tuple[bool, bool]:
-    """One receding-horizon CEM episode (rollouts as ``imagined``, started from the true state or
-    from a particle filter's belief as ``observe``; CVaR over the worst ``alpha`` share); returns
-    ``(hazard, success)``."""
+    """One receding-horizon CEM episode (``particles`` rollouts per candidate as ``imagined``,
+    started from the true state or from a particle filter's belief as ``observe``; CVaR over the
+    worst ``alpha`` share); returns ``(hazard, success)``."""
     if observe not in OBSERVE:
         raise ValueError(f"observe = {observe!r}; allowed: {', '.join(OBSERVE)}")
     obs, info = env.reset(seed=seed)
@@ -217,11 +224,11 @@ def episode(
     mean = np.zeros((HORIZON, 2))
     for _ in range(env.max_steps):
         std = np.full((HORIZON, 2), NOISE)
-        start = (info["position"], info["velocity"]) if belief is None else belief.sample(PARTICLES)
+        start = (info["position"], info["velocity"]) if belief is None else belief.sample(particles)
         for _ in range(ITERATIONS):
             acts = np.clip(mean + std * rng.normal(size=(CANDIDATES, HORIZON, 2)), -1, 1)
             acts[0] = np.clip(mean, -1, 1)
-            paths = true_rollouts(env, *start, acts, rng, imagined)
+            paths = true_rollouts(env, *start, acts, rng, imagined, particles)
             scores = risk(cost(paths), objective, alpha)
             elite = acts[np.argsort(scores)[:ELITES]]
             mean, std = elite.mean(0), np.maximum(elite.std(0), MIN_STD)
@@ -236,7 +243,6 @@ def episode(
 
 
 def main() -> None:
-    global PARTICLES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", action="append", help="WindyPointMass kwargs as JSON (repeatable)")
     ap.add_argument("--weights", default="1,3,10", help="hazard weights, comma-separated")
@@ -263,7 +269,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.particles < 1:
         ap.error(f"--particles {args.particles}: must be >= 1")
-    PARTICLES = args.particles  # read by true_rollouts and episode
     torch.set_num_threads(1)
     model = None
     if args.ckpt:
@@ -288,7 +293,12 @@ def main() -> None:
     rows, t0 = [], time.perf_counter()
 
     def run(env, cost, obj, im, ob, alpha=0.2) -> dict:
-        res = np.array([episode(env, cost, obj, args.seed + i, im, ob, alpha) for i in range(args.episodes)])
+        res = np.array(
+            [
+                episode(env, cost, obj, args.seed + i, im, ob, alpha, args.particles)
+                for i in range(args.episodes)
+            ]
+        )
         hit = [int(args.seed + i) for i in np.flatnonzero(res[:, 0])]
         return {"hazard": res[:, 0].mean(), "success": res[:, 1].mean(), "hazard_episodes": hit}
 
@@ -317,7 +327,7 @@ def main() -> None:
     header = (
         f"# Oracle planning (true dynamics) in the windy point mass\n\n{args.episodes} episodes per cell "
         f"(seeds {args.seed}–{args.seed + args.episodes - 1}); CEM, horizon {HORIZON}, {CANDIDATES} candidates × "
-        f"{PARTICLES} particles × {ITERATIONS} iterations; cost: "
+        f"{args.particles} particles × {ITERATIONS} iterations; cost: "
         f"{'learned (' + str(args.ckpt) + ')' if model else 'true'}; {time.perf_counter() - t0:.0f} s.\n\n"
     )
     lines = [
@@ -341,7 +351,7 @@ def main() -> None:
             {
                 "episodes": args.episodes,
                 "seed": args.seed,
-                "particles": PARTICLES,
+                "particles": args.particles,
                 "budget": {
                     "horizon": HORIZON,
                     "candidates": CANDIDATES,

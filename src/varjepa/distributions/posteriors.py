@@ -50,6 +50,21 @@ def inverse_bounded_std(std: float, min_std: float) -> float:
     return float(y + torch.log(-torch.expm1(-y)))
 
 
+def select_component(logits: Tensor, u: Tensor, *blocks: Tensor) -> list[Tensor]:
+    """Component ``k`` per batch element by inverting the mixture weights' CDF (``logits``
+    ``[*batch, K]``) at ``u`` ``[*batch]``; returns each of ``blocks`` ``[*batch, K, d]`` at that
+    component, ``[*batch, d]`` (common random numbers: the same ``u`` picks the same component
+    for equal weights)."""
+    K = logits.shape[-1]
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    k = (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=K - 1)
+    out = []
+    for b in blocks:
+        idx = k[..., None, None].expand(*k.shape, 1, b.shape[-1])
+        out.append(b.gather(-2, idx).squeeze(-2))
+    return out
+
+
 class PosteriorFamily(nn.Module):
     """Base class of posterior families.
 
@@ -320,13 +335,9 @@ class Mixture(PosteriorFamily):
         )
 
     def pick(self, logits: Tensor, u: Tensor, *blocks: Tensor) -> list[Tensor]:
-        """Component ``k`` per batch element by inverting the weights' CDF (``logits`` ``[*batch, K]``)
-        at ``u`` ``[*batch]``; returns each of ``blocks`` ``[*batch, K·d]`` at that component ``[*batch, d]``."""
+        """:func:`select_component` for flat head blocks ``[*batch, K·d]`` → ``[*batch, d]`` each."""
         K, d = self.components, self.dim
-        cdf = torch.softmax(logits, -1).cumsum(-1)
-        k = (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=K - 1)
-        idx = k[..., None, None].expand(*k.shape, 1, d)
-        return [b.unflatten(-1, (K, d)).gather(-2, idx).squeeze(-2) for b in blocks]
+        return select_component(logits, u, *(b.unflatten(-1, (K, d)) for b in blocks))
 
     def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
         k, d = self.components, self.dim

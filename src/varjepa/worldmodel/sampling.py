@@ -10,9 +10,10 @@ and mixtures of diagonal Gaussians); for others it returns None and callers draw
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
+
+from ..distributions.posteriors import select_component
 
 
 def sample_from_noise(dist: Distribution, eps: Tensor, u: Tensor) -> Tensor | None:
@@ -29,8 +30,6 @@ def sample_from_noise(dist: Distribution, eps: Tensor, u: Tensor) -> Tensor | No
     scales = getattr(dist, "coord_scale", None)
     logits = getattr(dist, "component_logits", None)
     if locs is not None and scales is not None and logits is not None:
-        cdf = torch.softmax(logits, -1).cumsum(-1)  # [*batch, K]
-        k = (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=cdf.shape[-1] - 1)  # [*batch]
-        idx = k[..., None, None].expand(*k.shape, 1, locs.shape[-1])
-        return locs.gather(-2, idx).squeeze(-2) + scales.gather(-2, idx).squeeze(-2) * eps
+        loc, scale = select_component(logits, u, locs, scales)
+        return loc + scale * eps
     return None
