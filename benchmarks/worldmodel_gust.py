@@ -120,6 +120,56 @@ def carry_on(steps: np.ndarray, threshold: float = -0.12) -> dict:
     return {"gust_share": float(sel.mean()), "mean_steps": mean.tolist(), "ratio": float(mean[1] / mean[0])}
 
 
+def step_pairs(rollouts, episodes) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive observed y-steps ``(o_{t+1} − o_t, o_{t+2} − o_{t+1})`` ``[N]`` each, for every ``t``
+    with a full window (the contexts :func:`context_steps` imagines from)."""
+    first, second = [], []
+    for e in episodes:
+        n, y = int(rollouts.length[e]), rollouts.obs[e, :, 1]
+        for t in range(LENGTH, n - 2):
+            first.append(y[t + 1] - y[t])
+            second.append(y[t + 2] - y[t + 1])
+    return np.array(first), np.array(second)
+
+
+@torch.no_grad()
+def context_steps(m, dm, repeats: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """World model ``m``'s answer to :func:`step_pairs` in the same contexts: from the belief at every
+    such ``t`` of the test episodes, ``repeats`` imagined first steps (sampled under the recorded
+    ``a_t``) and the predicted mean second step after each (under the recorded ``a_{t+1}``), decoded
+    y-steps ``[N · repeats]`` each. Unlike :func:`imagined_steps`, the contexts are the behaviour
+    policy's own, where the model was trained."""
+    r, hs, a0, a1, z0 = dm.rollouts, [], [], [], []
+    for e in dm.split_episodes["test"]:
+        n = int(r.length[e])
+        obs = torch.from_numpy(r.obs[e, : n + 1])[None]
+        act = m.normalize_action(torch.from_numpy(r.action[e, :n])[None])
+        z = m.encode(obs)[0]
+        h = m.filter(z[None], act)[0]
+        ts = list(range(LENGTH, n - 2))
+        hs.append(h[ts])
+        a0.append(act[0, ts])
+        a1.append(act[0, [t + 1 for t in ts]])
+        z0.append(z[ts])
+    h, a0, a1, z0 = (torch.cat(x).repeat(repeats, 1) for x in (hs, a0, a1, z0))
+    torch.manual_seed(seed)
+    p0 = m.predict_params(h, a0)
+    z1 = m.family(p0).rsample()
+    z2 = m.family.mean(m.predict(m.update_belief(h, z1, a0, p0), a1))
+    y0, y1, y2 = (decoded_positions(m, z)[:, 1] for z in (z0, z1, z2))
+    return y1 - y0, y2 - y1
+
+
+def gust_response(first: np.ndarray, second: np.ndarray, threshold: float = -0.12) -> dict:
+    """Share of gust-like first steps (below ``threshold``), their mean, the mean second step after
+    them and the ratio of the two."""
+    sel = first < threshold
+    if not sel.any():
+        return {"gust_share": 0.0, "first": float("nan"), "second": float("nan"), "ratio": float("nan")}
+    f, s = float(first[sel].mean()), float(second[sel].mean())
+    return {"gust_share": float(sel.mean()), "first": f, "second": s, "ratio": s / f}
+
+
 def decoded_positions(m, z: torch.Tensor) -> np.ndarray:
     """Raw observations ``[..., O]`` that world model ``m``'s decoder gives for latents ``z`` ``[..., d]``."""
     return (m.decoder(z) * m.obs_std + m.obs_mean).numpy()
@@ -252,6 +302,20 @@ def main() -> None:
             + f": the second step is **{im['ratio']:.2f}** × the first (the environment: "
             f"{damping:.2f}, its damping)."
         )
+        env_ctx = gust_response(*step_pairs(dm.rollouts, dm.split_episodes["test"]))
+        model_ctx = gust_response(*context_steps(m, dm))
+        meta["world_model"]["in_context"] = {"env": env_ctx, "model": model_ctx}
+        lines.append(
+            "\nIn the behaviour policy's own contexts (every step of the test episodes, 30 imagined "
+            "first steps each under the recorded actions; decoded y-steps; the environment: the "
+            "observed ones):\n\n| | gust-like first steps (< −0.12) | their mean | mean next step | "
+            "ratio |\n|---|---:|---:|---:|---:|"
+        )
+        for name, r in (("environment", env_ctx), ("model", model_ctx)):
+            lines.append(
+                f"| {name} | {100 * r['gust_share']:.1f} % | {r['first']:+.3f} | {r['second']:+.3f} | "
+                f"**{r['ratio']:.2f}** |"
+            )
         tail = {y0: {"env": env_hazard_rate(y0), **model_hazard_rate(m, y0)} for y0 in PASS_HEIGHTS}
         meta["world_model"]["hazard_within_10"] = tail
         lines.append(

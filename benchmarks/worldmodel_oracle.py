@@ -109,6 +109,10 @@ class ParticleFilter:
         return self.pos[idx], self.vel[idx]
 
 
+#: what the learned cost is computed from (``--cost-reads``): the true positions, or noisy
+#: observations of them (what a world model that imagines observations scores)
+COST_READS = ("state", "observation")
+
 #: how the planner's imagined rollouts treat the wind (``--imagined``): the environment's own
 #: dynamics, or one of two counterfactual models that each lack one property of the real gusts
 IMAGINED = ("true", "no_momentum", "gaussian_wind")
@@ -181,14 +185,24 @@ class TrueCost:
 
 class LearnedCost:
     """The world model's planning cost (:class:`~varjepa.worldmodel.GoalHazardCost`) summed over the
-    steps of the target-encoded true positions ``[C, P, H, 2]`` → ``[C, P]``."""
+    steps of the target-encoded true positions ``[C, P, H, 2]`` → ``[C, P]``.
 
-    def __init__(self, model, env: WindyPointMass, weight: float):
+    ``reads="observation"`` encodes noisy observations of them instead (fresh ``N(0, obs_noise²)``
+    per particle and step, the same for every candidate), as a world model that imagines
+    observations feeds its cost."""
+
+    def __init__(self, model, env: WindyPointMass, weight: float, reads: str = "state", seed: int = 0):
+        if reads not in COST_READS:
+            raise ValueError(f"reads = {reads!r}; allowed: {', '.join(COST_READS)}")
         self.model, self.cost = model, GoalHazardCost(hazard_weight=weight)
         self.cost.bind(model, env)
+        self.noise = env.obs_noise if reads == "observation" else 0.0
+        self.rng = np.random.default_rng(seed)
 
     @torch.no_grad()
     def __call__(self, pos: np.ndarray) -> np.ndarray:
+        if self.noise > 0:
+            pos = pos + self.rng.normal(0.0, self.noise, pos.shape[1:])[None]
         z = self.model.encode(torch.as_tensor(pos, dtype=torch.float32), target=True)
         return self.cost(self.model, z).sum(-1).numpy()
 
@@ -210,10 +224,12 @@ def episode(
     observe: str = "state",
     alpha: float = 0.2,
     particles: int = PARTICLES,
+    trail: list | None = None,
 ) -> tuple[bool, bool]:
     """One receding-horizon CEM episode (``particles`` rollouts per candidate as ``imagined``,
     started from the true state or from a particle filter's belief as ``observe``; CVaR over the
-    worst ``alpha`` share); returns ``(hazard, success)``."""
+    worst ``alpha`` share); returns ``(hazard, success)``. ``trail``, if given, receives the true
+    position ``[2]`` after every step."""
     if observe not in OBSERVE:
         raise ValueError(f"observe = {observe!r}; allowed: {', '.join(OBSERVE)}")
     obs, info = env.reset(seed=seed)
@@ -234,6 +250,8 @@ def episode(
             mean, std = elite.mean(0), np.maximum(elite.std(0), MIN_STD)
         action = np.clip(mean[0], -1, 1)
         obs, _, terminated, truncated, info = env.step(action)
+        if trail is not None:
+            trail.append(info["position"].tolist())
         if belief is not None:
             belief.step(action, obs)
         mean = np.concatenate([mean[1:], mean[-1:]])
@@ -265,6 +283,17 @@ def main() -> None:
         help=f"comma-separated: where rollouts start ({', '.join(OBSERVE)}: the true state, or a particle "
         "filter's belief from the noisy observations)",
     )
+    ap.add_argument(
+        "--cost-reads",
+        default="state",
+        choices=COST_READS,
+        help="with --ckpt: the learned cost reads the true positions or noisy observations of them",
+    )
+    ap.add_argument(
+        "--trails",
+        action="store_true",
+        help="also write every episode's true positions to OUT_trails.json (for worldmodel_reaction.py)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "worldmodel_oracle"))
     args = ap.parse_args()
     if args.particles < 1:
@@ -292,20 +321,35 @@ def main() -> None:
         ap.error(f"--alphas {args.alphas}: each must be in (0, 1]")
     rows, t0 = [], time.perf_counter()
 
-    def run(env, cost, obj, im, ob, alpha=0.2) -> dict:
-        res = np.array(
-            [
-                episode(env, cost, obj, args.seed + i, im, ob, alpha, args.particles)
-                for i in range(args.episodes)
-            ]
+    trails = []
+
+    def run(env, cost, obj, im, ob, alpha=0.2, cell: dict | None = None) -> dict:
+        if isinstance(cost, LearnedCost):
+            cost.rng = np.random.default_rng(args.seed)  # the same observation noise in every run
+        res, detail = [], []
+        for i in range(args.episodes):
+            trail: list = []
+            res.append(episode(env, cost, obj, args.seed + i, im, ob, alpha, args.particles, trail))
+            detail.append({"seed": args.seed + i, "hazard": bool(res[-1][0]), "positions": trail})
+        res = np.array(res)
+        trails.append(
+            {
+                "objective": obj if obj == "expected" else f"cvar{alpha:g}",
+                "observe": ob,
+                "imagined": im,
+                **(cell or {}),
+                "episodes_detail": detail,
+            }
         )
         hit = [int(args.seed + i) for i in np.flatnonzero(res[:, 0])]
         return {"hazard": res[:, 0].mean(), "success": res[:, 1].mean(), "hazard_episodes": hit}
 
     for env_json, ob, im, w in itertools.product(envs, observe, imagined, weights):
-        env = WindyPointMass(**json.loads(env_json))
-        cost = LearnedCost(model, env, w) if model is not None else TrueCost(env, w)
-        base = run(env, cost, "expected", im, ob)  # the risk-neutral row, shared by every alpha
+        env_kwargs = json.loads(env_json)
+        env = WindyPointMass(**env_kwargs)
+        cost = LearnedCost(model, env, w, args.cost_reads) if model is not None else TrueCost(env, w)
+        cell = {"hazard_weight": w, "env": env_kwargs}
+        base = run(env, cost, "expected", im, ob, cell=cell)  # the risk-neutral row, shared by every alpha
         for alpha in alphas:
             row = {
                 "env": json.loads(env_json),
@@ -314,8 +358,10 @@ def main() -> None:
                 "hazard_weight": w,
                 "alpha": alpha,
             }
-            row["cost"] = "learned" if model else "true"
-            for obj, r in (("expected", base), ("cvar", run(env, cost, "cvar", im, ob, alpha))):
+            row["cost"] = ("learned" if model else "true") + (
+                ", from observations" if model and args.cost_reads == "observation" else ""
+            )
+            for obj, r in (("expected", base), ("cvar", run(env, cost, "cvar", im, ob, alpha, cell))):
                 row.update({f"{obj}_{k}": v for k, v in r.items()})
             row["cut"] = 1 - row["cvar_hazard"] / max(row["expected_hazard"], 1e-9)
             only_e = len(set(row["expected_hazard_episodes"]) - set(row["cvar_hazard_episodes"]))
@@ -360,12 +406,16 @@ def main() -> None:
                 },
                 "filter_particles": FILTER_PARTICLES,
                 "ckpt": args.ckpt,
+                "cost_reads": args.cost_reads,
                 "rows": rows,
             },
             indent=2,
         )
     )
     out.with_suffix(".md").write_text(md)
+    if args.trails:  # every episode's true positions (benchmarks/worldmodel_reaction.py reads them)
+        path = out.with_name(out.name + "_trails.json")
+        path.write_text(json.dumps({"rows": trails}))
 
 
 if __name__ == "__main__":

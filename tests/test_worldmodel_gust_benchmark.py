@@ -55,6 +55,67 @@ def test_carry_on_selects_gust_like_first_steps_and_reads_the_ratio():
     assert np.isnan(bench.carry_on(calm)["ratio"])
 
 
+def test_step_pairs_are_consecutive_observed_y_steps_after_a_full_window():
+    r, obs, _ = _rollouts()
+    first, second = bench.step_pairs(r, [0])
+    y = obs[:, 1]
+    ts = range(bench.LENGTH, 8 - 2)  # t = 4, 5
+    np.testing.assert_allclose(first, [y[t + 1] - y[t] for t in ts])
+    np.testing.assert_allclose(second, [y[t + 2] - y[t + 1] for t in ts])
+    np.testing.assert_allclose(first[0], -0.2)  # the gust's push, then its momentum
+    np.testing.assert_allclose(second[0], -0.12)
+
+
+def test_gust_response_reads_share_means_and_ratio_of_the_selected_pairs():
+    first = np.array([-0.2, -0.3, 0.0, 0.01, -0.05])
+    second = np.array([-0.1, -0.2, 0.5, 0.5, 0.5])
+    out = bench.gust_response(first, second)
+    assert out["gust_share"] == 0.4
+    np.testing.assert_allclose([out["first"], out["second"], out["ratio"]], [-0.25, -0.15, 0.6])
+    assert np.isnan(bench.gust_response(np.zeros(3), first)["ratio"])
+
+
+def test_context_steps_of_a_persistence_model_imagine_no_second_step():
+    """A fresh residual model predicts ``z_{t+1} = z_t`` with noise (its last layers start at zero): the
+    first imagined step is that noise, decoded, and the predicted mean second step is exactly zero."""
+    import torch
+
+    from varjepa.worldmodel import LatentWorldModel
+
+    r, _, _ = _rollouts()
+    r.obs, r.action = r.obs.astype(np.float32), r.action.astype(np.float32) / 16.0
+    spaces = {
+        "obs_dim": 2,
+        "action_dim": 2,
+        "obs_mean": [0.0, 0.0],
+        "obs_std": [1.0, 1.0],
+        "action_low": [-1.0, -1.0],
+        "action_high": [1.0, 1.0],
+        "env": {
+            "id": "varjepa/WindyPointMass-v0",
+            "kwargs": {},
+            "action_noise": 0.0,
+            "max_episode_steps": None,
+        },
+    }
+    torch.manual_seed(0)
+    m = LatentWorldModel(
+        latent_dim=4,
+        hidden=8,
+        belief={"name": "window", "length": 4},
+        residual=True,
+        posterior="diag_gaussian",
+        burn_in=1,
+        horizon=1,
+        spaces=spaces,
+    ).eval()
+    dm = SimpleNamespace(rollouts=r, split_episodes={"test": [0]})
+    first, second = bench.context_steps(m, dm, repeats=5)
+    assert first.shape == second.shape == (2 * 5,)
+    np.testing.assert_allclose(second, 0.0, atol=1e-6)
+    assert first.std() > 0.01  # the unit-variance latent noise, decoded
+
+
 def _hazard_rate_reference(y0: float, k: int, n: int, seed: int) -> float:
     """The windy point mass's documented dynamics, vectorised independently of the environment class."""
     from varjepa.worldmodel.envs import WindyPointMass

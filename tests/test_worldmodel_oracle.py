@@ -166,3 +166,36 @@ def test_particle_filter_keeps_no_particle_where_the_episode_would_have_ended():
     obs, *_ = env2.step(np.zeros(2))
     pf2.step(np.zeros(2), obs)
     assert env2.hazard.contains(pf2.pos).mean() > 0.05
+
+
+def test_episode_trail_holds_the_true_position_after_every_step():
+    env = WindyPointMass(gust_prob=0.0, wind_std=0.0, max_steps=4)
+    recorder = WindyPointMass(gust_prob=0.0, wind_std=0.0, max_steps=4)
+    trail: list = []
+    oracle.episode(env, oracle.TrueCost(env, 1.0), "expected", 3, trail=trail)
+    assert len(trail) == 4
+    # the same actions replayed: without wind the positions follow from the start and the actions
+    np.testing.assert_allclose(trail[-1], env.pos)
+    recorder.reset(seed=3)
+    assert not np.allclose(trail[0], recorder.pos)  # it moved
+
+
+def test_learned_cost_reads_noisy_observations_on_request():
+    class Model:  # the cost of a "world model" whose latent is the position itself
+        def encode(self, x, target=False):
+            return x
+
+    class Cost:
+        def __call__(self, model, z):
+            return z[..., 1]
+
+    env = WindyPointMass()
+    lc = oracle.LearnedCost.__new__(oracle.LearnedCost)
+    lc.model, lc.cost, lc.rng = Model(), Cost(), np.random.default_rng(0)
+    pos = np.zeros((3, 500, 4, 2))
+    lc.noise = 0.0
+    np.testing.assert_allclose(lc(pos), 0.0)
+    lc.noise = env.obs_noise
+    c = lc(pos)  # the summed y of 4 noisy steps: std 2·obs_noise, the same for every candidate
+    np.testing.assert_allclose(c[0], c[1])
+    assert abs(c[0].std() - 2 * env.obs_noise) < 0.01

@@ -14,6 +14,15 @@ so any belief works with every planner.
   newest latent (:meth:`Belief.latest`), so the model can predict the change ``z_{t+1} − z_t``
   (``model.residual``).
 
+Any belief can also remember its **innovation** (``{name: window, length: 4, innovation: true}``,
+:class:`InnovationBelief`): how the newest latent departed from what the predictor expected of it,
+``z_t − E[z_t | h_{t−1}, a_{t−1}]``, and how surprising it was (``−log p(z_t | h_{t−1}, a_{t−1}) / d``).
+This makes the belief recursive through the predictor, as a Kalman filter's innovation is: on
+observed histories the innovation is the step the predictor did not foresee (a gust's push), and in
+an imagined rollout it is exactly the noise the sample was drawn with, so the two are read alike.
+Updating it needs the prediction, which :meth:`~varjepa.worldmodel.LatentWorldModel.update_belief`
+supplies (``needs_prediction``).
+
 Select with ``model.belief`` (a :data:`BELIEFS` name or ``{name, **options}``).
 """
 
@@ -33,6 +42,8 @@ class Belief(nn.Module):
     size: int
     #: whether :meth:`latest` returns the newest latent (needed by ``model.residual``)
     keeps_latest: bool = False
+    #: whether :meth:`update` reads the prediction of the new latent (``innovation``)
+    needs_prediction: bool = False
 
     def initial(self, n: int, device: torch.device | None = None) -> Tensor:
         """The belief before any observation ``[n, size]`` (zeros)."""
@@ -93,12 +104,55 @@ class WindowBelief(Belief):
         return h[:, start : start + self.latent_dim]
 
 
+class InnovationBelief(Belief):
+    """A belief ``base`` extended by the newest innovation: ``[base (base.size), innovation (d),
+    surprise (1), valid (1), started (1)]``. ``innovation = z_t − E[z_t | h_{t−1}, a_{t−1}]`` and
+    ``surprise = −log p(z_t | h_{t−1}, a_{t−1}) / d`` (clamped to ``[−20, 20]``), computed by the
+    model from the prediction of ``z_t``; ``valid`` is 0 (and the innovation zero) for an episode's
+    first observation, which nothing predicted, and ``started`` marks that one has been seen."""
+
+    needs_prediction = True
+
+    def __init__(self, base: Belief, latent_dim: int):
+        super().__init__()
+        self.base, self.latent_dim = base, latent_dim
+        self.keeps_latest = base.keeps_latest
+        self.size = base.size + latent_dim + 3
+
+    def initial(self, n: int, device: torch.device | None = None) -> Tensor:
+        return torch.cat(
+            [self.base.initial(n, device), torch.zeros(n, self.latent_dim + 3, device=device)], -1
+        )
+
+    def started(self, h: Tensor) -> Tensor:
+        """``[N]`` bool: whether the belief has seen an observation (so that a prediction exists)."""
+        return h[:, -1] > 0.5
+
+    def update(self, h: Tensor, z: Tensor, prev_action: Tensor, innovation: Tensor | None = None) -> Tensor:
+        """As :meth:`Belief.update`, with ``innovation`` ``[N, d + 1]`` (innovation and surprise of
+        ``z``; ignored, like None, for rows that had seen nothing)."""
+        base = self.base.update(h[:, : self.base.size], z, prev_action)
+        valid = self.started(h).to(z.dtype)[:, None]
+        feat = z.new_zeros(z.shape[0], self.latent_dim + 1) if innovation is None else innovation * valid
+        return torch.cat([base, feat, valid, torch.ones_like(valid)], -1)
+
+    def latest(self, h: Tensor) -> Tensor | None:
+        return self.base.latest(h[:, : self.base.size])
+
+
 def build_belief(spec: str | dict, latent_dim: int, action_dim: int, default_dim: int) -> Belief:
     """The belief a ``model.belief`` spec names, for latents of size ``latent_dim`` and actions of
     size ``action_dim``; ``gru`` gets ``dim = default_dim`` (``model.belief_dim``) unless the spec
-    sets it."""
+    sets it, and ``innovation: true`` wraps it in an :class:`InnovationBelief`."""
     if isinstance(spec, str):
         spec = {"name": spec}
-    if isinstance(spec, dict) and spec.get("name") == "gru" and "dim" not in spec:
-        spec = {**spec, "dim": default_dim}
-    return BELIEFS.build(spec, "model.belief", latent_dim=latent_dim, action_dim=action_dim)
+    innovation = False
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        innovation = spec.pop("innovation", False)
+        if not isinstance(innovation, bool):
+            raise ConfigError(f"model.belief.innovation = {innovation!r}; must be true or false")
+        if spec.get("name") == "gru" and "dim" not in spec:
+            spec["dim"] = default_dim
+    belief = BELIEFS.build(spec, "model.belief", latent_dim=latent_dim, action_dim=action_dim)
+    return InnovationBelief(belief, latent_dim) if innovation else belief

@@ -367,10 +367,35 @@ class LatentWorldModel(L.LightningModule):
         """The belief before any observation ``[n, belief.size]``."""
         return self.belief.initial(n, self.obs_mean.device)
 
-    def update_belief(self, h: Tensor, z: Tensor, prev_action: Tensor) -> Tensor:
+    def update_belief(
+        self, h: Tensor, z: Tensor, prev_action: Tensor, params: Tensor | None = None
+    ) -> Tensor:
         """``h_t`` from ``h_{t−1}`` ``[N, belief.size]``, the latent ``z_t`` ``[N, d]`` and ``prev_action``
-        ``a_{t−1}`` ``[N, A]`` in ``[-1, 1]`` units (zeros before the first action)."""
-        return self.belief.update(h, z, prev_action)
+        ``a_{t−1}`` ``[N, A]`` in ``[-1, 1]`` units (zeros before the first action).
+
+        A belief that remembers its innovation (``needs_prediction``) reads the prediction of ``z_t``
+        from ``h_{t−1}``: ``params`` ``[N, P]`` if the caller has it (an imagined rollout), else it is
+        computed here. The innovation carries no gradient."""
+        if not self.belief.needs_prediction:
+            return self.belief.update(h, z, prev_action)
+        return self.belief.update(h, z, prev_action, self.innovation(h, z, prev_action, params))
+
+    @torch.no_grad()
+    def innovation(self, h: Tensor, z: Tensor, prev_action: Tensor, params: Tensor | None = None) -> Tensor:
+        """``[N, d + 1]``: ``z − E[z | h, a]`` and the surprise ``−log p(z | h, a) / d`` (clamped to
+        ``[−20, 20]``; 0 for a family without a density) of latents ``z`` ``[N, d]`` under the
+        prediction from beliefs ``h`` ``[N, belief]`` and actions ``prev_action`` ``[N, A]``
+        (``params`` if given). In training, the prediction standardises its input with the running
+        statistics, as while planning, so that a time step's batch does not set them."""
+        if params is None:
+            params = self.predict_params(h, prev_action, running_norm=True)
+        dist = self.family(params.float())
+        innov = z.float() - self.family.mean(dist)
+        if self.family.stochastic:
+            surprise = (-dist.log_prob(z.float()) / z.shape[-1]).clamp(-20.0, 20.0)
+        else:
+            surprise = innov.new_zeros(innov.shape[0])
+        return torch.cat([innov, surprise[:, None]], -1).to(z.dtype)
 
     def filter(self, z: Tensor, actions: Tensor) -> Tensor:
         """Beliefs ``[B, W, belief]`` after each of the latents ``z`` ``[B, W, d]``, given the normalised
@@ -384,10 +409,16 @@ class LatentWorldModel(L.LightningModule):
             out.append(h)
         return torch.stack(out, 1)
 
-    def predict_params(self, h: Tensor, action: Tensor) -> Tensor:
+    def predict_params(self, h: Tensor, action: Tensor, running_norm: bool = False) -> Tensor:
         """The family's parameters ``[N, P]`` of ``p(z_{t+1} | h_t, a_t)`` for beliefs ``[N, belief]``
-        and normalised actions ``[N, A]`` (moved by ``z_t`` when ``residual``)."""
-        x = self.head_norm(torch.cat([h, action], -1))
+        and normalised actions ``[N, A]`` (moved by ``z_t`` when ``residual``). ``running_norm``:
+        standardise the input with the running statistics even in training (no update)."""
+        x = torch.cat([h, action], -1)
+        if running_norm and isinstance(self.head_norm, nn.BatchNorm1d):
+            n = self.head_norm
+            x = F.batch_norm(x, n.running_mean, n.running_var, training=False, eps=n.eps)
+        else:
+            x = self.head_norm(x)
         params = self.head(x)
         if self.anchor_head is not None:
             loc = self.anchor_head(x)
@@ -437,7 +468,7 @@ class LatentWorldModel(L.LightningModule):
                 params.append(p)
             zs.append(z)
             if j + 1 < actions.shape[1]:
-                h = self.update_belief(h, z, a)
+                h = self.update_belief(h, z, a, p)
         return (torch.stack(params, 1) if keep_params else None), torch.stack(zs, 1)
 
     def hazard_logits(self, z: Tensor) -> Tensor:
