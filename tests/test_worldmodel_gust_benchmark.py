@@ -144,3 +144,14 @@ def test_env_hazard_rate_matches_an_independent_simulation_of_the_dynamics():
     assert abs(got - ref) < 4 * se
     assert bench.env_hazard_rate(0.3, n=200, gust_prob=0.0) == 0.0  # the breeze alone never reaches it
     assert bench.env_hazard_rate(0.3, n=200, gust_prob=1.0, gust_spread=0.0) == 1.0
+
+
+def test_env_pass_quantiles_without_wind_are_the_deterministic_pass_plus_noise():
+    from varjepa.worldmodel.envs import WindyPointMass
+
+    q = bench.env_pass_quantiles(0.3, k=10, n=2000, gust_prob=0.0, wind_std=0.0)
+    # full thrust east at top speed keeps y constant: the observed y is 0.3 + N(0, obs_noise²)
+    sd = WindyPointMass().obs_noise
+    np.testing.assert_allclose(q, [0.3 - 1.2816 * sd, 0.3, 0.3 + 1.2816 * sd], atol=0.004)
+    gusty = bench.env_pass_quantiles(0.3, k=10, n=2000)
+    assert gusty[0] < q[0] - 0.1  # gusts push the lower tail south
