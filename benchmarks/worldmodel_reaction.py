@@ -17,7 +17,7 @@ The first tells whether the planner keeps a margin, the second how it fares, at 
 once a gust hits (its reaction, which needs a belief that reads the gust and a model that knows how
 far it will carry on).
 
-    python benchmarks/worldmodel_reaction.py runs/plan_a/plan.json benchmarks/results/oracle_trails.json
+    python benchmarks/worldmodel_reaction.py model=runs/plan_a/plan.json oracle=results/oracle_trails.json
 """
 
 from __future__ import annotations
@@ -72,6 +72,21 @@ def gusts_over_hazard(
     return np.array(out).reshape(-1, 2)
 
 
+ARC_BINS = np.round(np.arange(-1.4, 1.41, 0.2), 2)  # x bins between the start and the goal
+
+
+def arc(episodes: list[dict]) -> list[float]:
+    """Median y ``[len(ARC_BINS) − 1]`` of all positions in each x bin of :data:`ARC_BINS` (NaN where
+    none): the typical path a planner flies."""
+    ys: list[list[float]] = [[] for _ in ARC_BINS[:-1]]
+    for e in episodes:
+        for x, y in np.asarray(e["positions"], dtype=float).reshape(-1, 2):
+            i = int(np.searchsorted(ARC_BINS, x, side="right")) - 1
+            if 0 <= i < len(ys):
+                ys[i].append(y)
+    return [float(np.median(v)) if v else float("nan") for v in ys]
+
+
 def summarise(name: str, episodes: list[dict], env_kwargs: dict | None, reach: float, within: int) -> dict:
     """One row: violations, pass heights and gust outcomes by pre-gust height of ``episodes``."""
     hz = WindyPointMass(**(env_kwargs or {})).hazard
@@ -90,21 +105,22 @@ def summarise(name: str, episodes: list[dict], env_kwargs: dict | None, reach: f
         "gusts": int(len(gusts)),
         "gust_hits": int(gusts[:, 1].sum()),
         "bins": bins,
+        "arc": arc(episodes),
     }
 
 
-def rows_of(path: Path) -> list[tuple[str, list[dict], dict | None]]:
+def rows_of(path: Path, name: str | None = None) -> list[tuple[str, list[dict], dict | None]]:
     """``(label, episodes, env kwargs)`` of every planner × objective in a ``plan.json`` or an oracle
-    ``*_trails.json``."""
+    ``*_trails.json``; labels start with ``name`` (default: the run folder's or file's name)."""
     data = json.loads(path.read_text())
     out = []
     for r in data["rows"]:
         if "planner" in r:  # varjepa plan
-            label = f"{path.parent.name}: {r['planner']} {r['objective']}"
+            label = f"{name or path.parent.name}: {r['planner']} {r['objective']}"
             spec = data["settings"].get("env")  # None: the model's own environment (default kwargs)
             env = (spec.get("kwargs") or {}) if isinstance(spec, dict) else {}
         else:  # worldmodel_oracle.py --trails
-            label = f"{path.stem}: oracle ({r['observe']}, w {r['hazard_weight']:g}) {r['objective']}"
+            label = f"{name or path.stem}: oracle ({r['observe']}, w {r['hazard_weight']:g}) {r['objective']}"
             env = r.get("env") or {}
         out.append((label, r["episodes_detail"], env))
     return out
@@ -128,7 +144,45 @@ def markdown(rows: list[dict], reach: float, within: int) -> str:
             f"| {r['name']} | {r['violations']} / {r['episodes']} | {r['pass_median']:.3f} / {r['pass_q10']:.3f} | "
             f"{r['gust_hits']} / {r['gusts']} | " + " | ".join(cells) + " |"
         )
+    centres = (ARC_BINS[:-1] + ARC_BINS[1:]) / 2
+    lines += [
+        "\nThe typical path: median y of the positions in each x bin (the hazard spans x in "
+        "[-0.7, 0.7] below y = -0.12).\n",
+        "| episodes | " + " | ".join(f"{c:+.1f}" for c in centres) + " |",
+        "|---|" + "---:|" * len(centres),
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | " + " | ".join(f"{v:.2f}" for v in r["arc"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, env_kwargs: dict | None = None) -> None:
+    """The rows' typical paths (:func:`arc`) over the arena's hazard, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    env = WindyPointMass(**(env_kwargs or {}))
+    hz = env.hazard
+    fig, ax = plt.subplots(figsize=(7, 5.2))
+    ax.add_patch(Rectangle((hz.x0, hz.y0), hz.x1 - hz.x0, hz.y1 - hz.y0, color="tab:red", alpha=0.25))
+    centres = (ARC_BINS[:-1] + ARC_BINS[1:]) / 2
+    colours = {}
+    for r in rows:  # one colour per source, dashed for the risk-neutral objective
+        source = r["name"].split(":")[0]
+        colour = colours.setdefault(source, f"C{len(colours) % 10}")
+        style = "--" if r["name"].endswith("expected") else "-"
+        label = f"{r['name']} ({r['violations']}/{r['episodes']})"
+        ax.plot(centres, r["arc"], style, color=colour, marker="o", ms=3, label=label)
+    ax.plot(*env.start, "ks")
+    ax.plot(*env.goal, "k*", ms=10)
+    ax.set(xlabel="x", ylabel="median y", title="Typical paths (violations / episodes)", ylim=(-0.5, 0.8))
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -142,7 +196,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for f in args.files:
-        for label, episodes, env in rows_of(Path(f)):
+        name, _, f = f.rpartition("=")  # NAME=path labels a file's rows
+        for label, episodes, env in rows_of(Path(f), name or None):
             rows.append(summarise(label, episodes, env, args.reach, args.within))
     text = markdown(rows, args.reach, args.within)
     print(text)
@@ -152,6 +207,8 @@ def main() -> None:
         json.dumps({"reach": args.reach, "within": args.within, "rows": rows}, indent=2)
     )
     out.with_suffix(".md").write_text(text)
+    if rows:
+        plot(rows, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -199,3 +199,7 @@ def test_learned_cost_reads_noisy_observations_on_request():
     c = lc(pos)  # the summed y of 4 noisy steps: std 2·obs_noise, the same for every candidate
     np.testing.assert_allclose(c[0], c[1])
     assert abs(c[0].std() - 2 * env.obs_noise) < 0.01
+
+
+def test_cut_is_undefined_without_risk_neutral_violations():
+    assert oracle.pct(None) == "—" and oracle.pct(0.584) == "58 %" and oracle.pct(-0.68) == "-68 %"

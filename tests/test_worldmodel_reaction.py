@@ -87,4 +87,20 @@ def test_rows_of_reads_plan_json_and_oracle_trails(tmp_path):
     (a,) = react.rows_of(tmp_path / "run" / "plan.json")
     (b,) = react.rows_of(tmp_path / "o_trails.json")
     assert a == ("run: cem cvar0.2", [ep], {})
+    assert react.rows_of(tmp_path / "run" / "plan.json", "mine")[0][0] == "mine: cem cvar0.2"
     assert b == ("o_trails: oracle (filter, w 30) expected", [ep], {"gust_prob": 0.1})
+
+
+def test_arc_is_the_median_y_per_x_bin_and_the_plot_is_written(tmp_path):
+    eps = [
+        {"seed": 0, "hazard": False, "positions": [[-1.3, 0.1], [-1.25, 0.3], [0.05, 0.5]]},
+        {"seed": 1, "hazard": False, "positions": [[-1.35, 0.2], [0.1, 0.7]]},
+    ]
+    a = react.arc(eps)
+    assert len(a) == len(react.ARC_BINS) - 1 == 14
+    np.testing.assert_allclose(a[0], 0.2)  # x in [-1.4, -1.2): y 0.1, 0.3, 0.2
+    np.testing.assert_allclose(a[7], 0.6)  # x in [0.0, 0.2): y 0.5, 0.7
+    assert np.isnan(a[3])
+    row = react.summarise("t", eps, None, 0.2, 5)
+    react.plot([row], tmp_path / "arc.png")
+    assert (tmp_path / "arc.png").stat().st_size > 5000
