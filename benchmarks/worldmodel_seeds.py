@@ -18,6 +18,9 @@ seeds from 1000) so that the comparison is held out.
         --workdir runs/surprise3 --out benchmarks/results/worldmodel_seeds_surprise3
     python benchmarks/worldmodel_seeds.py --compare A.json B.json --out benchmarks/results/a_vs_b
 
+``{seed}`` in a ``--set`` value becomes the training seed, e.g. to refit every seed on the episodes
+its own earlier checkpoint's planner flew (``data.init_args.extra_data`` with a ``planner`` policy).
+
 ``--compare`` pairs two recipes (two results of this script on the same episodes) per training
 seed, planner and objective: which one ends fewer episodes in the hazard.
 
@@ -137,7 +140,7 @@ def run_seed(seed: int, args) -> dict:
         f"--trainer.logger.init_args.name=seed{seed}",
         "--trainer.logger.init_args.version=0",
         "--trainer.enable_progress_bar=false",
-        *[f"--{kv}" for kv in args.set],
+        *[f"--{kv.replace('{seed}', str(seed))}" for kv in args.set],
     ]
     fit_record, fit_from = workdir / f"seed{seed}" / "fit_args.json", _record(fit_args, args.config)
     fit_s = None
@@ -289,7 +292,12 @@ def main() -> None:
     p.add_argument(
         "--objectives", default="[expected, {name: cvar, alpha: 0.2}]", help="plan.objectives ('' = config's)"
     )
-    p.add_argument("--set", action="append", default=[], help="fit override KEY=VALUE (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="fit override KEY=VALUE (repeatable); {seed} in it becomes the training seed",
+    )
     p.add_argument("--plan-set", action="append", default=[], help="plan override KEY=VALUE (repeatable)")
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once (one thread each)")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "worldmodel_seeds"), help="checkpoints and plans")

@@ -72,6 +72,13 @@ class TrajectoryDataModule(JEPADataModule):
         val_fraction / test_fraction: shares of the episodes held out.
         seed: seed of the collection and of the episode split.
         cache_dir: rollout cache folder (default ``$VARJEPA_CACHE`` or ``~/.cache/varjepa``).
+        extra_data: more collections, for training only: a list of ``{policy, episodes, seed, steps,
+            collect_overrides}`` (``policy`` and ``episodes`` required; the others default to this
+            module's ``seed + 1000·(i + 1)``, ``steps`` and ``collect_overrides``). Each is cached
+            like the main one; their episodes join the training split, so validation and test
+            episodes (and the coverage measured on them) stay those of the main collection. With
+            ``policy: {name: planner, ckpt_path: ...}`` this is how a model is refitted on the
+            paths its planner flies (:mod:`~varjepa.worldmodel.planner_policy`).
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class TrajectoryDataModule(JEPADataModule):
         test_fraction: float = 0.1,
         seed: int = 0,
         cache_dir: str | None = None,
+        extra_data: list[dict[str, Any]] | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
     ):
@@ -104,11 +112,34 @@ class TrajectoryDataModule(JEPADataModule):
         self.collect_overrides = dict(collect_overrides or {})
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.seed, self.cache_dir = seed, cache_dir
+        self.extra_data = [self._extra(i, x) for i, x in enumerate(extra_data or [])]
         self.save_hyperparameters()
         self.rollouts: Rollouts | None = None
         self.cache_path: Path | None = None
         self.split_episodes: dict[str, np.ndarray] = {}
         self.masking = None
+
+    def _extra(self, i: int, spec: Any) -> dict[str, Any]:
+        """``data.extra_data[i]`` with its defaults filled in (ConfigError on a malformed entry)."""
+        allowed = {"policy", "episodes", "seed", "steps", "collect_overrides"}
+        where = f"data.extra_data[{i}]"
+        if not isinstance(spec, dict) or not {"policy", "episodes"} <= set(spec):
+            raise ConfigError(f"{where} = {spec!r}: give a mapping with at least 'policy' and 'episodes'")
+        unknown = set(spec) - allowed
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        out = {
+            "policy": spec["policy"],
+            "episodes": int(spec["episodes"]),
+            "seed": int(spec.get("seed", self.seed + 1000 * (i + 1))),
+            "steps": int(spec.get("steps", self.steps)),
+            "collect_overrides": dict(spec.get("collect_overrides", self.collect_overrides) or {}),
+        }
+        if out["episodes"] < 1 or out["steps"] < 1:
+            raise ConfigError(
+                f"{where}: episodes = {out['episodes']}, steps = {out['steps']}; both must be >= 1"
+            )
+        return out
 
     # ------------------------------------------------------------------ data
     def verify(self) -> None:
@@ -131,14 +162,33 @@ class TrajectoryDataModule(JEPADataModule):
             f"TrajectoryDataModule: {roll.num_episodes} episodes x <= {self.steps} steps of '{self.env['id']}' "
             f"{'loaded from' if cached else 'collected and cached in'} {path}"
         )
+        main = roll.num_episodes
+        parts = [roll]
+        for i, x in enumerate(self.extra_data):
+            extra, xpath, xcached = load_or_collect(
+                self.env,
+                x["policy"],
+                x["episodes"],
+                x["steps"],
+                x["seed"],
+                x["collect_overrides"],
+                self.cache_dir,
+            )
+            rank_zero_info(
+                f"TrajectoryDataModule: extra_data[{i}]: {extra.num_episodes} training episodes "
+                f"{'loaded from' if xcached else 'collected and cached in'} {xpath}"
+            )
+            parts.append(extra)
+        if len(parts) > 1:
+            roll = Rollouts.concat(parts)
         self.rollouts, self.cache_path = roll, path
-        order = np.random.default_rng([self.seed, 0x73706C]).permutation(roll.num_episodes)
+        order = np.random.default_rng([self.seed, 0x73706C]).permutation(main)
         n_val = int(round(self.val_fraction * len(order)))
         n_test = int(round(self.test_fraction * len(order)))
         self.split_episodes = {
             "val": np.sort(order[:n_val]),
             "test": np.sort(order[n_val : n_val + n_test]),
-            "train": np.sort(order[n_val + n_test :]),
+            "train": np.concatenate([np.sort(order[n_val + n_test :]), np.arange(main, roll.num_episodes)]),
         }
         sets = {k: WindowDataset(roll, v.tolist(), self.window) for k, v in self.split_episodes.items()}
         if len(sets["train"]) == 0:

@@ -60,6 +60,32 @@ class Rollouts:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("obs", "action", "reward", "hazard", "position", "length")}
 
+    @classmethod
+    def concat(cls, parts: list[Rollouts]) -> Rollouts:
+        """The episodes of ``parts`` in order, padded (zeros) to the longest ``steps``; positions are
+        kept only if every part has them."""
+        if not parts:
+            raise ValueError("Rollouts.concat needs at least one part")
+        T = max(r.action.shape[1] for r in parts)
+        keep_pos = all(r.position.shape[1] > 0 for r in parts)
+
+        def pad(a: np.ndarray, length: int) -> np.ndarray:
+            width = [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+            return np.pad(a, width)
+
+        return cls(
+            obs=np.concatenate([pad(r.obs, T + 1) for r in parts]),
+            action=np.concatenate([pad(r.action, T) for r in parts]),
+            reward=np.concatenate([pad(r.reward, T) for r in parts]),
+            hazard=np.concatenate([pad(r.hazard, T + 1) for r in parts]),
+            position=(
+                np.concatenate([pad(r.position, T + 1) for r in parts])
+                if keep_pos
+                else np.zeros((sum(r.num_episodes for r in parts), 0, 2), np.float32)
+            ),
+            length=np.concatenate([r.length for r in parts]),
+        )
+
 
 class Policy:
     """A behaviour policy: ``reset(rng)`` at each episode, ``act(obs) -> action`` (in the env's action
@@ -225,12 +251,21 @@ def rollout_key(
         "env_defaults": env_defaults(spec["id"]),
         "overrides": dict(overrides or {}),
         "policy": policy,
+        **policy_fingerprint(policy),
         "episodes": int(episodes),
         "steps": int(steps),
         "seed": int(seed),
         "gymnasium": gym.__version__,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def policy_fingerprint(policy: str | Mapping[str, Any]) -> dict[str, Any]:
+    """What a policy adds to the cache key beyond its spec (e.g. a checkpoint's content hash, from
+    the policy class's ``fingerprint(opts)``); empty for policies that need nothing."""
+    builder, opts = POLICIES.resolve(policy, "data.policy")
+    fingerprint = getattr(builder, "fingerprint", None)
+    return {"policy_fingerprint": fingerprint(opts)} if fingerprint is not None else {}
 
 
 def default_cache_dir() -> Path:
