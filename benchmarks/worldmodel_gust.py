@@ -222,8 +222,9 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 
 def env_pass_quantiles(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_kwargs) -> list[float]:
-    """Quantiles :data:`QUANTILES` of the *observed* y after ``k`` steps of full thrust east from the
-    state :func:`pass_beliefs` describes, in the real environment (without termination)."""
+    """Quantiles :data:`QUANTILES` and the mean of the *observed* y after ``k`` steps of full thrust
+    east from the state :func:`pass_beliefs` describes, in the real environment (without
+    termination)."""
     env = WindyPointMass(terminate_on_hazard=False, terminate_on_goal=False, **env_kwargs)
     vmax = env.accel / (1 - env.damping)
     east, ys = np.array([1.0, 0.0], np.float32), []
@@ -233,17 +234,18 @@ def env_pass_quantiles(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **e
         for _ in range(k):
             obs = env.step(east)[0]
         ys.append(obs[1])
-    return np.quantile(ys, QUANTILES).tolist()
+    return [*np.quantile(ys, QUANTILES).tolist(), float(np.mean(ys))]
 
 
 @torch.no_grad()
 def model_pass_quantiles(m, y0: float, k: int = 10, n: int = 4000, seed: int = 0) -> list[float]:
-    """The same quantiles of world model ``m``'s decoded y after ``k`` imagined steps of full thrust
-    east after a pass at height ``y0``."""
+    """The same quantiles and mean of world model ``m``'s decoded y after ``k`` imagined steps of full
+    thrust east after a pass at height ``y0``."""
     h = pass_beliefs(m, n, y0, seed)
     torch.manual_seed(seed)
     _, z = m.imagine(h, m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, k, 2))
-    return np.quantile(decoded_positions(m, z[:, -1])[:, 1], QUANTILES).tolist()
+    y = decoded_positions(m, z[:, -1])[:, 1]
+    return [*np.quantile(y, QUANTILES).tolist(), float(np.mean(y))]
 
 
 @torch.no_grad()
@@ -356,7 +358,7 @@ def main() -> None:
         drift = {"env": env_pass_quantiles(0.3), "model": model_pass_quantiles(m, 0.3)}
         meta["world_model"]["pass_quantiles_10"] = drift
         lines.append(
-            "\nObserved y after 10 steps of full thrust east from the pass at 0.30 (10 % / median / 90 %): "
+            "\nObserved y after 10 steps of full thrust east from the pass at 0.30 (10 % / median / 90 % / mean): "
             f"environment {' / '.join(f'{v:+.3f}' for v in drift['env'])}, model (decoded) "
             f"{' / '.join(f'{v:+.3f}' for v in drift['model'])}."
         )

@@ -152,6 +152,8 @@ def test_env_pass_quantiles_without_wind_are_the_deterministic_pass_plus_noise()
     q = bench.env_pass_quantiles(0.3, k=10, n=2000, gust_prob=0.0, wind_std=0.0)
     # full thrust east at top speed keeps y constant: the observed y is 0.3 + N(0, obs_noise²)
     sd = WindyPointMass().obs_noise
-    np.testing.assert_allclose(q, [0.3 - 1.2816 * sd, 0.3, 0.3 + 1.2816 * sd], atol=0.004)
+    np.testing.assert_allclose(q, [0.3 - 1.2816 * sd, 0.3, 0.3 + 1.2816 * sd, 0.3], atol=0.004)
     gusty = bench.env_pass_quantiles(0.3, k=10, n=2000)
     assert gusty[0] < q[0] - 0.1  # gusts push the lower tail south
+    # and the mean with it: 3 % gusts a step, each carrying the mass ~0.56 south over the next steps
+    assert 0.1 < 0.3 - gusty[3] < 0.2 and abs(gusty[1] - 0.3) < 0.03

@@ -123,3 +123,23 @@ def test_a_training_step_fits_with_an_innovation_belief():
 def test_bad_innovation_option_names_what_is_allowed():
     with pytest.raises(ConfigError, match=r"model\.belief\.innovation = 'yes'; must be true or false"):
         build_belief({"name": "window", "innovation": "yes"}, 2, 1, 8)
+
+
+def test_training_rollouts_read_innovations_with_the_running_statistics():
+    """In training (batch statistics), a multi-step rollout's innovation is recomputed with the running
+    statistics, the same innovation the filter gives an observed history."""
+    m = _model(posterior="diag_gaussian", residual=True, input_norm=True).train()
+    m.head_norm.momentum = 0.0  # keep the running statistics fixed, so that calls can be replayed
+    with torch.no_grad():
+        m.head_norm.running_mean.uniform_(-1, 1)
+        m.head_norm.running_var.uniform_(0.5, 2)
+    torch.manual_seed(3)
+    h = m.filter(torch.randn(6, 2, 3), torch.rand(6, 1, 2) * 2 - 1)[:, -1]
+    acts = torch.rand(6, 2, 2) * 2 - 1
+    params, zs = m.imagine(h, acts)
+    h1 = m.update_belief(h, zs[:, 0], acts[:, 0])  # computes its own prediction, running statistics
+    torch.testing.assert_close(params[:, 1], m.predict_params(h1, acts[:, 1]))
+    # and that innovation differs from one read off the batch-statistics prediction
+    d = m.hparams.latent_dim
+    h_batch = m.update_belief(h, zs[:, 0], acts[:, 0], params[:, 0])
+    assert not torch.allclose(h_batch[:, -(d + 3) : -3], h1[:, -(d + 3) : -3])

@@ -126,7 +126,10 @@ def test_exploration_noise_is_executed_and_the_belief_reads_it(tmp_path):
     [
         ({"ckpt_path": "/nonexistent/m.ckpt"}, r"ckpt_path = '/nonexistent/m.ckpt' is not a file"),
         ({"exploration": -1.0}, r"exploration = -1.0; must be >= 0"),
-        ({"budget_typo": 3}, r"unknown option"),
+        (
+            {"budget_typo": 3, "episodes": 5},
+            r"unknown option\(s\) \['budget_typo', 'episodes'\]; the budget options are",
+        ),
     ],
 )
 def test_bad_planner_policy_specs_say_what_is_wrong(tmp_path, change, words):
@@ -188,10 +191,11 @@ def test_extra_episodes_join_the_training_split_only(tmp_path):
         np.testing.assert_array_equal(extra.split_episodes[split], base.split_episodes[split])
     np.testing.assert_array_equal(extra.split_episodes["train"][-8:], np.arange(20, 28))
     np.testing.assert_array_equal(extra.rollouts.obs[:20], base.rollouts.obs)
-    # the extra collections are the ones collect_rollouts makes with the documented default seeds
-    way = collect_rollouts(ENV, "waypoint", 5, 8, seed=1000)
+    # the extra collections are the ones collect_rollouts makes with the documented default seeds,
+    # a million episodes away from the main collection and from plan: seeds (1000, 2000, ...)
+    way = collect_rollouts(ENV, "waypoint", 5, 8, seed=1_000_000)
     np.testing.assert_array_equal(extra.rollouts.obs[20:25], way.obs)
-    rnd = collect_rollouts(ENV, "random", 3, 6, seed=2000)
+    rnd = collect_rollouts(ENV, "random", 3, 6, seed=2_000_000)
     np.testing.assert_array_equal(extra.rollouts.obs[25:28, :7], rnd.obs)
     assert len(extra.train_set) > len(base.train_set)
 
@@ -210,3 +214,13 @@ def test_extra_episodes_join_the_training_split_only(tmp_path):
 def test_bad_extra_data_names_the_entry_and_what_is_allowed(tmp_path, extra, words):
     with pytest.raises(ConfigError, match=words):
         _dm(tmp_path, extra)
+
+
+def test_collecting_with_a_planner_leaves_torchs_generator_as_it_was(tmp_path):
+    ckpt = tmp_path / "m.ckpt"
+    _save_model(ckpt)
+    torch.manual_seed(123)
+    expected = torch.rand(3)  # what the stream gives without a collection in between
+    torch.manual_seed(123)
+    collect_rollouts(ENV, _spec(ckpt), episodes=2, steps=3)
+    torch.testing.assert_close(torch.rand(3), expected)

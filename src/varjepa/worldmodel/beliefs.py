@@ -19,7 +19,9 @@ Any belief can also remember its **innovation** (``{name: window, length: 4, inn
 ``z_t − E[z_t | h_{t−1}, a_{t−1}]``, and how surprising it was (``−log p(z_t | h_{t−1}, a_{t−1}) / d``).
 This makes the belief recursive through the predictor, as a Kalman filter's innovation is: on
 observed histories the innovation is the step the predictor did not foresee (a gust's push), and in
-an imagined rollout it is exactly the noise the sample was drawn with, so the two are read alike.
+an imagined rollout it is the drawn sample's departure from the predicted mean (for a unimodal
+family exactly the drawn noise ``σ·ε``; for a mixture the drawn component's offset from the mean
+plus its noise), so the two are read alike.
 Updating it needs the prediction, which :meth:`~varjepa.worldmodel.LatentWorldModel.update_belief`
 supplies (``needs_prediction``).
 

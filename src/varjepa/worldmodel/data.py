@@ -57,6 +57,10 @@ def collate_windows(samples: Sequence[tuple]) -> dict[str, torch.Tensor]:
     return {**items, "episode": episode, "index": index}
 
 
+#: default episode-seed offset of each ``extra_data`` collection (away from evaluation seeds)
+EXTRA_SEED_STRIDE = 1_000_000
+
+
 class TrajectoryDataModule(JEPADataModule):
     """Windows of rollouts of a behaviour policy in a gymnasium environment (collected locally,
     cached by content hash; see :mod:`varjepa.worldmodel.rollouts`).
@@ -74,7 +78,9 @@ class TrajectoryDataModule(JEPADataModule):
         cache_dir: rollout cache folder (default ``$VARJEPA_CACHE`` or ``~/.cache/varjepa``).
         extra_data: more collections, for training only: a list of ``{policy, episodes, seed, steps,
             collect_overrides}`` (``policy`` and ``episodes`` required; the others default to this
-            module's ``seed + 1000·(i + 1)``, ``steps`` and ``collect_overrides``). Each is cached
+            module's ``seed + 1_000_000·(i + 1)``, ``steps`` and ``collect_overrides``; the episode
+            seeds are far from those ``plan:`` evaluates on, so a refit never trains on the wind it
+            is tested in). Each is cached
             like the main one; their episodes join the training split, so validation and test
             episodes (and the coverage measured on them) stay those of the main collection. With
             ``policy: {name: planner, ckpt_path: ...}`` this is how a model is refitted on the
@@ -131,7 +137,7 @@ class TrajectoryDataModule(JEPADataModule):
         out = {
             "policy": spec["policy"],
             "episodes": int(spec["episodes"]),
-            "seed": int(spec.get("seed", self.seed + 1000 * (i + 1))),
+            "seed": int(spec.get("seed", self.seed + EXTRA_SEED_STRIDE * (i + 1))),
             "steps": int(spec.get("steps", self.steps)),
             "collect_overrides": dict(spec.get("collect_overrides", self.collect_overrides) or {}),
         }

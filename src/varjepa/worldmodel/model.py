@@ -468,7 +468,9 @@ class LatentWorldModel(L.LightningModule):
                 params.append(p)
             zs.append(z)
             if j + 1 < actions.shape[1]:
-                h = self.update_belief(h, z, a, p)
+                # in training, p standardised its input with batch statistics: an innovation belief
+                # recomputes its prediction with the running ones, as on observed histories
+                h = self.update_belief(h, z, a, None if self.training else p)
         return (torch.stack(params, 1) if keep_params else None), torch.stack(zs, 1)
 
     def hazard_logits(self, z: Tensor) -> Tensor:

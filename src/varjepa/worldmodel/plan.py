@@ -165,6 +165,16 @@ def summarize(results: list[EpisodeResult], worst_share: float = 0.1) -> dict[st
     }
 
 
+def build_planner(model, settings: PlanSettings, name: str, objective: Any, env):
+    """Planner ``name`` with risk measure ``objective`` on ``model``, with the cost and budget of
+    ``settings`` (the cost bound to ``env``, e.g. for its goal)."""
+    risk = RISKS.build(objective, "plan.objectives")
+    cost = build_cost(settings.cost)
+    if hasattr(cost, "bind"):
+        cost.bind(model, env)
+    return PLANNERS.get(name, "plan.planners")(model, cost, risk, **settings.planner_kwargs(name))
+
+
 def evaluate_planners(
     model, settings: PlanSettings, env_spec=None, progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -176,11 +186,8 @@ def evaluate_planners(
     tty = sys.stderr.isatty()
     combos = [(p, o) for p in settings.planners for o in settings.objectives]
     for i, (pname, obj) in enumerate(combos):
-        risk = RISKS.build(obj, "plan.objectives")
-        cost = build_cost(settings.cost)
-        if hasattr(cost, "bind"):
-            cost.bind(model, env)
-        planner = PLANNERS.get(pname, "plan.planners")(model, cost, risk, **settings.planner_kwargs(pname))
+        planner = build_planner(model, settings, pname, obj, env)
+        risk = planner.risk
         results = []
         t0 = time.perf_counter()
         for e in range(settings.episodes):

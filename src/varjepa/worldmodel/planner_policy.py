@@ -39,6 +39,24 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+#: the planning budget a planner policy accepts (as in ``plan:``)
+BUDGET_KEYS = frozenset(
+    {
+        "horizon",
+        "candidates",
+        "particles",
+        "iterations",
+        "first_iterations",
+        "noise",
+        "discount",
+        "common_noise",
+        "elites",
+        "momentum",
+        "temperature",
+    }
+)
+
+
 @POLICIES.register("planner")
 class PlannerPolicy(Policy):
     """Act with a planner on a trained :class:`~varjepa.worldmodel.LatentWorldModel`.
@@ -54,7 +72,9 @@ class PlannerPolicy(Policy):
         budget: ``horizon``, ``candidates``, ``particles``, ``iterations``, ... as in
             :class:`~varjepa.worldmodel.plan.PlanSettings`.
 
-    Each episode seeds torch from the episode's policy generator, so collections are reproducible.
+    Each episode seeds torch from the episode's policy generator, so collections are reproducible;
+    :func:`~varjepa.worldmodel.rollouts.collect_rollouts` restores torch's global generator after
+    collecting, so a fit's initial weights do not depend on whether the rollouts were cached.
     """
 
     def __init__(
@@ -70,21 +90,21 @@ class PlannerPolicy(Policy):
         **budget: Any,
     ):
         super().__init__(action_space, observation_space, env)
-        from .costs import build_cost
-        from .plan import PlanSettings, load_world_model
-        from .planners import PLANNERS
-        from .risk import RISKS
+        from .plan import PlanSettings, build_planner, load_world_model
 
         if exploration < 0:
             raise ConfigError(f"data.policy (planner): exploration = {exploration}; must be >= 0")
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"data.policy (planner): ckpt_path = '{ckpt_path}' is not a file")
-        try:
-            settings = PlanSettings(
-                planners=[planner], objectives=[objective], cost=cost or {"name": "goal_hazard"}, **budget
+        unknown = set(budget) - BUDGET_KEYS
+        if unknown:
+            raise ConfigError(
+                f"data.policy (planner): unknown option(s) {sorted(unknown)}; the budget options are "
+                f"{sorted(BUDGET_KEYS)}"
             )
-        except TypeError as e:
-            raise ConfigError(f"data.policy (planner): unknown option ({e})") from None
+        settings = PlanSettings(
+            planners=[planner], objectives=[objective], cost=cost or {"name": "goal_hazard"}, **budget
+        )
         self.model = load_world_model(ckpt_path)
         sizes = (self.model.obs_dim, self.model.action_dim)
         if sizes != (observation_space.shape[0], action_space.shape[0]):
@@ -92,13 +112,7 @@ class PlannerPolicy(Policy):
                 f"data.policy (planner): the checkpoint's observation/action sizes {sizes} differ from "
                 f"the environment's {(observation_space.shape[0], action_space.shape[0])}"
             )
-        c = build_cost(settings.cost)
-        if hasattr(c, "bind"):
-            c.bind(self.model, env)
-        risk = RISKS.build(objective, "data.policy.objective")
-        self.planner = PLANNERS.get(planner, "data.policy.planner")(
-            self.model, c, risk, **settings.planner_kwargs(planner)
-        )
+        self.planner = build_planner(self.model, settings, planner, objective, env)
         self.exploration = float(exploration)
         self._half = (action_space.high - action_space.low) / 2.0
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from ..registry import ConfigError, Registry
 from .envs import env_spec, make_env
@@ -187,6 +188,14 @@ def collect_rollouts(
     kwargs for collection (e.g. ``{terminate_on_hazard: false}`` for fixed-length episodes)."""
     if episodes < 1 or steps < 1:
         raise ConfigError(f"data.episodes = {episodes}, data.steps = {steps}; both must be >= 1")
+    # a policy may draw from (or seed) torch's global generator, e.g. a planner's sampling: keep the
+    # caller's stream as it was, so that what follows (a model's initial weights) does not depend on
+    # whether the rollouts came from the cache
+    with torch.random.fork_rng(devices=[]):
+        return _collect(env, policy, episodes, steps, seed, overrides)
+
+
+def _collect(env, policy, episodes: int, steps: int, seed: int, overrides) -> Rollouts:
     e = make_env(env, **dict(overrides or {}))
     builder, opts = POLICIES.resolve(policy, "data.policy")
     pol = builder(e.action_space, e.observation_space, e, **opts)
