@@ -207,6 +207,12 @@ class LearnedCost:
         return self.cost(self.model, z).sum(-1).numpy()
 
 
+def cut_of(expected: float, objective: float) -> float | None:
+    """The relative cut in violations ``1 − objective / expected``; None (JSON null, "—" in the
+    table) when the risk-neutral planner had none."""
+    return 1 - objective / expected if expected > 0 else None
+
+
 def pct(share: float | None) -> str:
     """``share`` as a whole percentage, or "—" when undefined (None)."""
     return "—" if share is None else f"{100 * share:.0f} %"
@@ -333,19 +339,20 @@ def main() -> None:
             cost.rng = np.random.default_rng(args.seed)  # the same observation noise in every run
         res, detail = [], []
         for i in range(args.episodes):
-            trail: list = []
+            trail: list | None = [] if args.trails else None
             res.append(episode(env, cost, obj, args.seed + i, im, ob, alpha, args.particles, trail))
             detail.append({"seed": args.seed + i, "hazard": bool(res[-1][0]), "positions": trail})
         res = np.array(res)
-        trails.append(
-            {
-                "objective": obj if obj == "expected" else f"cvar{alpha:g}",
-                "observe": ob,
-                "imagined": im,
-                **(cell or {}),
-                "episodes_detail": detail,
-            }
-        )
+        if args.trails:
+            trails.append(
+                {
+                    "objective": obj if obj == "expected" else f"cvar{alpha:g}",
+                    "observe": ob,
+                    "imagined": im,
+                    **(cell or {}),
+                    "episodes_detail": detail,
+                }
+            )
         hit = [int(args.seed + i) for i in np.flatnonzero(res[:, 0])]
         return {"hazard": res[:, 0].mean(), "success": res[:, 1].mean(), "hazard_episodes": hit}
 
@@ -368,10 +375,7 @@ def main() -> None:
             )
             for obj, r in (("expected", base), ("cvar", run(env, cost, "cvar", im, ob, alpha, cell))):
                 row.update({f"{obj}_{k}": v for k, v in r.items()})
-            # no risk-neutral violations: the cut is undefined (NaN; JSON null, "—" in the table)
-            row["cut"] = (
-                1 - row["cvar_hazard"] / row["expected_hazard"] if row["expected_hazard"] > 0 else None
-            )
+            row["cut"] = cut_of(row["expected_hazard"], row["cvar_hazard"])
             only_e = len(set(row["expected_hazard_episodes"]) - set(row["cvar_hazard_episodes"]))
             only_c = len(set(row["cvar_hazard_episodes"]) - set(row["expected_hazard_episodes"]))
             row["only_expected"], row["only_cvar"] = only_e, only_c

@@ -36,7 +36,8 @@ BINS = (-0.12, 0.1, 0.2, 0.3, 0.45, np.inf)  # pre-gust heights; the hazard's to
 
 def gust_schedule(seed: int, steps: int, env_kwargs: dict | None = None) -> np.ndarray:
     """``[steps]`` bool: whether the environment reset with ``seed`` blows a gust at each step
-    (independent of the actions)."""
+    (independent of the actions); entry ``t`` moves the mass from the position after step ``t − 1``
+    to the one after step ``t`` (``positions[t]`` of :func:`gusts_over_hazard`)."""
     env = WindyPointMass(**{**(env_kwargs or {}), "terminate_on_hazard": False, "terminate_on_goal": False})
     env.reset(seed=seed)
     return np.array([env.step(np.zeros(2))[4]["gust"] for _ in range(steps)], dtype=bool)
@@ -44,7 +45,8 @@ def gust_schedule(seed: int, steps: int, env_kwargs: dict | None = None) -> np.n
 
 def pass_heights(episodes: list[dict], hazard) -> np.ndarray:
     """Lowest y ``[E']`` of each episode while over the hazard's x-range (episodes that never get
-    there are skipped). ``episodes``: dicts with ``positions`` ``[T, 2]`` (after every step)."""
+    there are skipped). ``episodes``: dicts with ``positions`` ``[T, 2]``, the position after each
+    step (as :func:`rows_of` returns them)."""
     out = []
     for e in episodes:
         p = np.asarray(e["positions"], dtype=float).reshape(-1, 2)
@@ -118,7 +120,16 @@ def rows_of(path: Path, name: str | None = None) -> list[tuple[str, list[dict], 
         if "planner" in r:  # varjepa plan
             label = f"{name or path.parent.name}: {r['planner']} {r['objective']}"
             spec = data["settings"].get("env")  # None: the model's own environment (default kwargs)
+            if isinstance(spec, dict) and float(spec.get("action_noise") or 0) > 0:
+                raise ValueError(
+                    f"{path}: the episodes ran with action noise, which draws from the environment's "
+                    "generator: their gusts cannot be replayed"
+                )
             env = (spec.get("kwargs") or {}) if isinstance(spec, dict) else {}
+            # plan.json holds the position at reset first; trails hold the position after each step
+            episodes = [{**e, "positions": e["positions"][1:]} for e in r["episodes_detail"]]
+            out.append((label, episodes, env))
+            continue
         else:  # worldmodel_oracle.py --trails
             label = f"{name or path.stem}: oracle ({r['observe']}, w {r['hazard_weight']:g}) {r['objective']}"
             env = r.get("env") or {}

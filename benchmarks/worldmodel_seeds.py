@@ -18,7 +18,7 @@ seeds from 1000) so that the comparison is held out.
         --workdir runs/surprise3 --out benchmarks/results/worldmodel_seeds_surprise3
     python benchmarks/worldmodel_seeds.py --compare A.json B.json --out benchmarks/results/a_vs_b
 
-``{seed}`` in a ``--set`` value becomes the training seed, e.g. to refit every seed on the episodes
+``{seed}`` in a ``--set`` or ``--plan-set`` value becomes the training seed, e.g. to refit every seed on the episodes
 its own earlier checkpoint's planner flew (``data.init_args.extra_data`` with a ``planner`` policy).
 
 ``--compare`` pairs two recipes (two results of this script on the same episodes) per training
@@ -162,7 +162,7 @@ def run_seed(seed: int, args) -> dict:
         "--plan.threads=1",
         *([f"--plan.planners={args.planners}"] if args.planners else []),
         *([f"--plan.objectives={args.objectives}"] if args.objectives else []),
-        *[f"--plan.{kv}" for kv in args.plan_set],
+        *[f"--plan.{kv.replace('{seed}', str(seed))}" for kv in args.plan_set],
     ]
     if not ckpt.is_file():
         raise SystemExit(
@@ -298,7 +298,12 @@ def main() -> None:
         default=[],
         help="fit override KEY=VALUE (repeatable); {seed} in it becomes the training seed",
     )
-    p.add_argument("--plan-set", action="append", default=[], help="plan override KEY=VALUE (repeatable)")
+    p.add_argument(
+        "--plan-set",
+        action="append",
+        default=[],
+        help="plan override KEY=VALUE (repeatable); {seed} in it becomes the training seed",
+    )
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once (one thread each)")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "worldmodel_seeds"), help="checkpoints and plans")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/worldmodel_seeds"))

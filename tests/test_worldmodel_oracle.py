@@ -169,37 +169,62 @@ def test_particle_filter_keeps_no_particle_where_the_episode_would_have_ended():
 
 
 def test_episode_trail_holds_the_true_position_after_every_step():
-    env = WindyPointMass(gust_prob=0.0, wind_std=0.0, max_steps=4)
-    recorder = WindyPointMass(gust_prob=0.0, wind_std=0.0, max_steps=4)
+    env = WindyPointMass(gust_prob=0.0, wind_std=0.0, max_steps=6)
     trail: list = []
     oracle.episode(env, oracle.TrueCost(env, 1.0), "expected", 3, trail=trail)
-    assert len(trail) == 4
-    # the same actions replayed: without wind the positions follow from the start and the actions
-    np.testing.assert_allclose(trail[-1], env.pos)
-    recorder.reset(seed=3)
-    assert not np.allclose(trail[0], recorder.pos)  # it moved
+    p = np.asarray(trail)
+    assert p.shape == (6, 2)
+    np.testing.assert_allclose(p[-1], env.pos)
+    # windless dynamics from rest at the (noisy) start: v_t = p_t - p_{t-1}, v_t = 0.6 v_{t-1} + 0.05 a_t,
+    # so the actions implied by the trail must lie in the action box
+    env.reset(seed=3)
+    start = env.pos.copy()
+    v = np.diff(np.concatenate([start[None], p]), axis=0)
+    a = (v - env.damping * np.concatenate([np.zeros((1, 2)), v[:-1]])) / env.accel
+    assert np.all(np.abs(a) <= 1 + 1e-6) and np.abs(a).max() > 0.1
+
+
+def _tiny_model():
+    import torch
+
+    from varjepa.worldmodel import LatentWorldModel
+
+    torch.manual_seed(0)
+    spaces = {
+        "obs_dim": 2,
+        "action_dim": 2,
+        "obs_mean": [0.0, 0.0],
+        "obs_std": [1.0, 1.0],
+        "action_low": [-1.0, -1.0],
+        "action_high": [1.0, 1.0],
+        "env": {
+            "id": "varjepa/WindyPointMass-v0",
+            "kwargs": {},
+            "action_noise": 0.0,
+            "max_episode_steps": None,
+        },
+    }
+    return LatentWorldModel(
+        latent_dim=4, hidden=8, belief={"name": "window", "length": 2}, spaces=spaces
+    ).eval()
 
 
 def test_learned_cost_reads_noisy_observations_on_request():
-    class Model:  # the cost of a "world model" whose latent is the position itself
-        def encode(self, x, target=False):
-            return x
-
-    class Cost:
-        def __call__(self, model, z):
-            return z[..., 1]
-
     env = WindyPointMass()
-    lc = oracle.LearnedCost.__new__(oracle.LearnedCost)
-    lc.model, lc.cost, lc.rng = Model(), Cost(), np.random.default_rng(0)
-    pos = np.zeros((3, 500, 4, 2))
-    lc.noise = 0.0
-    np.testing.assert_allclose(lc(pos), 0.0)
-    lc.noise = env.obs_noise
-    c = lc(pos)  # the summed y of 4 noisy steps: std 2·obs_noise, the same for every candidate
-    np.testing.assert_allclose(c[0], c[1])
-    assert abs(c[0].std() - 2 * env.obs_noise) < 0.01
+    m = _tiny_model()
+    pos = np.zeros((3, 200, 4, 2))
+    state = oracle.LearnedCost(m, env, 1.0)
+    noisy = oracle.LearnedCost(m, env, 1.0, reads="observation", seed=1)
+    assert state.noise == 0.0 and noisy.noise == env.obs_noise
+    c0, c1 = state(pos), noisy(pos)
+    np.testing.assert_allclose(c0, c0[0, 0])  # the same position everywhere: one cost
+    assert np.ptp(c1[0]) > 0 and np.allclose(c1[0], c1[1])  # noise per particle, shared by candidates
+    noisy.rng = np.random.default_rng(1)
+    np.testing.assert_allclose(noisy(pos), c1)  # reseeded: the same noise
+    with pytest.raises(ValueError, match="reads = 'states'"):
+        oracle.LearnedCost(m, env, 1.0, reads="states")
 
 
 def test_cut_is_undefined_without_risk_neutral_violations():
+    assert oracle.cut_of(0.0, 0.5) is None and oracle.cut_of(0.08, 0.02) == pytest.approx(0.75)
     assert oracle.pct(None) == "—" and oracle.pct(0.584) == "58 %" and oracle.pct(-0.68) == "-68 %"

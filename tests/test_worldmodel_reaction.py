@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from varjepa.worldmodel.envs import WindyPointMass
 
@@ -65,9 +66,11 @@ def test_pass_heights_and_gusts_over_the_hazard_of_hand_made_episodes():
 
 def test_rows_of_reads_plan_json_and_oracle_trails(tmp_path):
     ep = {"seed": 1, "hazard": False, "positions": [[0.0, 0.3]]}
+    # varjepa plan stores the position at reset first: rows_of drops it
+    plan_ep = {"seed": 1, "hazard": False, "positions": [[-1.4, 0.0], [0.0, 0.3]]}
     plan = {
         "settings": {"env": None},
-        "rows": [{"planner": "cem", "objective": "cvar0.2", "episodes_detail": [ep]}],
+        "rows": [{"planner": "cem", "objective": "cvar0.2", "episodes_detail": [plan_ep]}],
     }
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "plan.json").write_text(json.dumps(plan))
@@ -104,3 +107,37 @@ def test_arc_is_the_median_y_per_x_bin_and_the_plot_is_written(tmp_path):
     row = react.summarise("t", eps, None, 0.2, 5)
     react.plot([row], tmp_path / "arc.png")
     assert (tmp_path / "arc.png").stat().st_size > 5000
+
+
+def test_plan_json_positions_line_up_with_the_replayed_gusts(tmp_path):
+    """A real varjepa plan episode: after rows_of, position t is the one after step t, as the gust
+    schedule's entry t (checked against the environment's own gust flags and positions)."""
+    env = WindyPointMass(gust_prob=0.3)
+    obs, info = env.reset(seed=4)
+    positions, gusts = [info["position"].tolist()], []
+    for _ in range(12):
+        obs, _, term, trunc, info = env.step(np.array([1.0, 0.3], np.float32))
+        positions.append(info["position"].tolist())
+        gusts.append(info["gust"])
+        if term or trunc:
+            break
+    plan = {
+        "settings": {"env": {"id": "varjepa/WindyPointMass-v0", "kwargs": {"gust_prob": 0.3}}},
+        "rows": [
+            {
+                "planner": "cem",
+                "objective": "expected",
+                "episodes_detail": [{"seed": 4, "hazard": False, "positions": positions}],
+            }
+        ],
+    }
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "plan.json").write_text(json.dumps(plan))
+    ((_, eps, kw),) = react.rows_of(tmp_path / "p" / "plan.json")
+    np.testing.assert_allclose(eps[0]["positions"], positions[1:])
+    np.testing.assert_array_equal(react.gust_schedule(4, len(gusts), kw), gusts)
+    assert any(gusts)
+    bad = {**plan, "settings": {"env": {"id": "varjepa/WindyPointMass-v0", "action_noise": 0.1}}}
+    (tmp_path / "p" / "plan.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="action noise"):
+        react.rows_of(tmp_path / "p" / "plan.json")
