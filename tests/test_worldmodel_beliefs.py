@@ -9,16 +9,9 @@ import torch
 from varjepa.registry import ConfigError
 from varjepa.worldmodel import LatentWorldModel
 from varjepa.worldmodel.beliefs import BELIEFS, GRUBelief, WindowBelief, build_belief
+from worldmodel_helpers import WINDY_SPACES
 
-SPACES = {
-    "obs_dim": 2,
-    "action_dim": 2,
-    "obs_mean": [0.0, 0.0],
-    "obs_std": [1.0, 1.0],
-    "action_low": [-1.0, -1.0],
-    "action_high": [1.0, 1.0],
-    "env": {"id": "varjepa/WindyPointMass-v0", "kwargs": {}, "action_noise": 0.0, "max_episode_steps": None},
-}
+SPACES = WINDY_SPACES
 WINDOW = {"name": "window", "length": 3}
 
 

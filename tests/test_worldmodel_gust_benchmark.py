@@ -80,35 +80,12 @@ def test_context_steps_of_a_persistence_model_imagine_no_second_step():
     first imagined step is that noise, decoded, and the predicted mean second step is exactly zero."""
     import torch
 
-    from varjepa.worldmodel import LatentWorldModel
-
     r, _, _ = _rollouts()
     r.obs, r.action = r.obs.astype(np.float32), r.action.astype(np.float32) / 16.0
-    spaces = {
-        "obs_dim": 2,
-        "action_dim": 2,
-        "obs_mean": [0.0, 0.0],
-        "obs_std": [1.0, 1.0],
-        "action_low": [-1.0, -1.0],
-        "action_high": [1.0, 1.0],
-        "env": {
-            "id": "varjepa/WindyPointMass-v0",
-            "kwargs": {},
-            "action_noise": 0.0,
-            "max_episode_steps": None,
-        },
-    }
+    from worldmodel_helpers import tiny_world_model
+
     torch.manual_seed(0)
-    m = LatentWorldModel(
-        latent_dim=4,
-        hidden=8,
-        belief={"name": "window", "length": 4},
-        residual=True,
-        posterior="diag_gaussian",
-        burn_in=1,
-        horizon=1,
-        spaces=spaces,
-    ).eval()
+    m = tiny_world_model(length=4).eval()
     dm = SimpleNamespace(rollouts=r, split_episodes={"test": [0]})
     first, second = bench.context_steps(m, dm, repeats=5)
     assert first.shape == second.shape == (2 * 5,)

@@ -187,26 +187,10 @@ def test_episode_trail_holds_the_true_position_after_every_step():
 def _tiny_model():
     import torch
 
-    from varjepa.worldmodel import LatentWorldModel
+    from worldmodel_helpers import tiny_world_model
 
     torch.manual_seed(0)
-    spaces = {
-        "obs_dim": 2,
-        "action_dim": 2,
-        "obs_mean": [0.0, 0.0],
-        "obs_std": [1.0, 1.0],
-        "action_low": [-1.0, -1.0],
-        "action_high": [1.0, 1.0],
-        "env": {
-            "id": "varjepa/WindyPointMass-v0",
-            "kwargs": {},
-            "action_noise": 0.0,
-            "max_episode_steps": None,
-        },
-    }
-    return LatentWorldModel(
-        latent_dim=4, hidden=8, belief={"name": "window", "length": 2}, spaces=spaces
-    ).eval()
+    return tiny_world_model().eval()
 
 
 def test_learned_cost_reads_noisy_observations_on_request():

@@ -20,32 +20,15 @@ from varjepa.worldmodel import (
     make_env,
 )
 from varjepa.worldmodel.rollouts import policy_fingerprint, rollout_key
+from worldmodel_helpers import tiny_world_model
 
 ENV = "varjepa/WindyPointMass-v0"
-SPACES = {
-    "obs_dim": 2,
-    "action_dim": 2,
-    "obs_mean": [0.0, 0.0],
-    "obs_std": [1.0, 1.0],
-    "action_low": [-1.0, -1.0],
-    "action_high": [1.0, 1.0],
-    "env": {"id": ENV, "kwargs": {}, "action_noise": 0.0, "max_episode_steps": None},
-}
 BUDGET = {"horizon": 3, "candidates": 8, "particles": 2, "iterations": 1, "elites": 2}
 
 
 def _save_model(path, seed: int = 0) -> LatentWorldModel:
     torch.manual_seed(seed)
-    m = LatentWorldModel(
-        latent_dim=4,
-        hidden=16,
-        belief={"name": "window", "length": 2},
-        residual=True,
-        posterior="diag_gaussian",
-        horizon=1,
-        ema=0.0,
-        spaces=SPACES,
-    )
+    m = tiny_world_model(hidden=16)
     with torch.no_grad():  # a predictor that moves (its last layer starts at zero)
         m.head[-1].weight.normal_(0, 0.3)
     torch.save({"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict()}, path)
