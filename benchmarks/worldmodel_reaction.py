@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,9 @@ def gusts_over_hazard(
 ) -> np.ndarray:
     """``[G, 2]``: for every gust that hits while the mass is over the hazard's x-range (its west
     edge moved ``reach`` further west), the height before the gust and whether the mass enters the
-    hazard within ``within`` steps of it (1.0) or not (0.0)."""
+    hazard within ``within`` steps of it (1.0) or not (0.0). A gust on an episode's first step has no
+    recorded position before it and is not counted (the windy point mass starts far west of the
+    hazard)."""
     env = WindyPointMass(**(env_kwargs or {}))
     hz, out = env.hazard, []
     for e in episodes:
@@ -119,7 +122,14 @@ def rows_of(path: Path, name: str | None = None) -> list[tuple[str, list[dict], 
     for r in data["rows"]:
         if "planner" in r:  # varjepa plan
             label = f"{name or path.parent.name}: {r['planner']} {r['objective']}"
-            spec = data["settings"].get("env")  # None: the model's own environment (default kwargs)
+            # the environment the episodes ran in: plan.json's meta (varjepa plan writes it), else the
+            # settings' (null there means the model's own, which older files do not record)
+            spec = data.get("meta", {}).get("env") or data["settings"].get("env")
+            if spec is None:
+                warnings.warn(
+                    f"{path}: no environment recorded; replaying the gusts of the default windy point mass",
+                    stacklevel=2,
+                )
             if isinstance(spec, dict) and float(spec.get("action_noise") or 0) > 0:
                 raise ValueError(
                     f"{path}: the episodes ran with action noise, which draws from the environment's "

@@ -112,6 +112,7 @@ def test_plan_writes_table_pictures_and_events(trained, capsys):
     printed = capsys.readouterr().out
     assert "| cem | expected |" in printed and "| mppi | cvar0.25 |" in printed
     data = json.loads((out / "plan.json").read_text())
+    assert data["meta"]["env"]["id"] == "varjepa/WindyPointMass-v0"  # what the episodes ran in
     assert [(r["planner"], r["objective"]) for r in data["rows"]] == [
         ("cem", "expected"),
         ("cem", "cvar0.25"),

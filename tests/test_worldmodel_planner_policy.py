@@ -109,6 +109,8 @@ def test_exploration_noise_is_executed_and_the_belief_reads_it(tmp_path):
     [
         ({"ckpt_path": "/nonexistent/m.ckpt"}, r"ckpt_path = '/nonexistent/m.ckpt' is not a file"),
         ({"exploration": -1.0}, r"exploration = -1.0; must be >= 0"),
+        ({"planner": "ilqr"}, r"data\.policy \(planner\): plan\.planners: unknown planner 'ilqr'"),
+        ({"horizon": 0}, r"data\.policy \(planner\): plan\.horizon = 0; must be >= 1"),
         (
             {"budget_typo": 3, "episodes": 5},
             r"unknown option\(s\) \['budget_typo', 'episodes'\]; the budget options are",
@@ -192,6 +194,14 @@ def test_extra_episodes_join_the_training_split_only(tmp_path):
             r"data\.extra_data\[0\]: unknown key\(s\) \['policies'\]",
         ),
         ([{"policy": "random", "episodes": 0}], r"data\.extra_data\[0\]: episodes = 0"),
+        (
+            [{"policy": "random", "episodes": "x"}],
+            r"data\.extra_data\[0\]: episodes, seed and steps must be integers",
+        ),
+        (
+            [{"policy": "random", "episodes": 2, "seed": None}],
+            r"data\.extra_data\[0\]: episodes, seed and steps",
+        ),
     ],
 )
 def test_bad_extra_data_names_the_entry_and_what_is_allowed(tmp_path, extra, words):

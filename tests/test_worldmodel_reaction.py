@@ -87,10 +87,17 @@ def test_rows_of_reads_plan_json_and_oracle_trails(tmp_path):
         ]
     }
     (tmp_path / "o_trails.json").write_text(json.dumps(trails))
-    (a,) = react.rows_of(tmp_path / "run" / "plan.json")
+    with pytest.warns(UserWarning, match="no environment recorded; replaying the gusts of the default"):
+        (a,) = react.rows_of(tmp_path / "run" / "plan.json")
     (b,) = react.rows_of(tmp_path / "o_trails.json")
     assert a == ("run: cem cvar0.2", [ep], {})
-    assert react.rows_of(tmp_path / "run" / "plan.json", "mine")[0][0] == "mine: cem cvar0.2"
+    plan["meta"] = {"env": {"id": "varjepa/WindyPointMass-v0", "kwargs": {"gust_prob": 0.2}}}
+    (tmp_path / "run" / "plan.json").write_text(json.dumps(plan))
+    assert react.rows_of(tmp_path / "run" / "plan.json", "mine")[0] == (
+        "mine: cem cvar0.2",
+        [ep],
+        {"gust_prob": 0.2},
+    )
     assert b == ("o_trails: oracle (filter, w 30) expected", [ep], {"gust_prob": 0.1})
 
 
@@ -121,8 +128,9 @@ def test_plan_json_positions_line_up_with_the_replayed_gusts(tmp_path):
         gusts.append(info["gust"])
         if term or trunc:
             break
-    plan = {
-        "settings": {"env": {"id": "varjepa/WindyPointMass-v0", "kwargs": {"gust_prob": 0.3}}},
+    plan = {  # varjepa plan records the environment the episodes ran in in its meta
+        "meta": {"env": {"id": "varjepa/WindyPointMass-v0", "kwargs": {"gust_prob": 0.3}}},
+        "settings": {"env": None},
         "rows": [
             {
                 "planner": "cem",
@@ -137,7 +145,7 @@ def test_plan_json_positions_line_up_with_the_replayed_gusts(tmp_path):
     np.testing.assert_allclose(eps[0]["positions"], positions[1:])
     np.testing.assert_array_equal(react.gust_schedule(4, len(gusts), kw), gusts)
     assert any(gusts)
-    bad = {**plan, "settings": {"env": {"id": "varjepa/WindyPointMass-v0", "action_noise": 0.1}}}
+    bad = {**plan, "meta": {"env": {"id": "varjepa/WindyPointMass-v0", "action_noise": 0.1}}}
     (tmp_path / "p" / "plan.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="action noise"):
         react.rows_of(tmp_path / "p" / "plan.json")

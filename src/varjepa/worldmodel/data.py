@@ -134,13 +134,18 @@ class TrajectoryDataModule(JEPADataModule):
         unknown = set(spec) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        out = {
-            "policy": spec["policy"],
-            "episodes": int(spec["episodes"]),
-            "seed": int(spec.get("seed", self.seed + EXTRA_SEED_STRIDE * (i + 1))),
-            "steps": int(spec.get("steps", self.steps)),
-            "collect_overrides": dict(spec.get("collect_overrides", self.collect_overrides) or {}),
-        }
+        try:
+            out = {
+                "policy": spec["policy"],
+                "episodes": int(spec["episodes"]),
+                "seed": int(spec.get("seed", self.seed + EXTRA_SEED_STRIDE * (i + 1))),
+                "steps": int(spec.get("steps", self.steps)),
+                "collect_overrides": dict(spec.get("collect_overrides", self.collect_overrides) or {}),
+            }
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{where}: episodes, seed and steps must be integers and collect_overrides a mapping ({e})"
+            ) from None
         if out["episodes"] < 1 or out["steps"] < 1:
             raise ConfigError(
                 f"{where}: episodes = {out['episodes']}, steps = {out['steps']}; both must be >= 1"

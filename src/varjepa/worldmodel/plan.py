@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "ckpt_path": str(cfg.ckpt_path),
         "posterior": spec_name(model.hparams.posterior),
         "torch_threads": torch.get_num_threads(),
+        "env": env,  # the environment the episodes ran in (settings.env may be null: the model's)
     }
     paired = write_outputs(rows, out, env, settings, meta)
     print(table_markdown(rows, settings.worst_share))

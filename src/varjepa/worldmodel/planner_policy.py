@@ -102,9 +102,12 @@ class PlannerPolicy(Policy):
                 f"data.policy (planner): unknown option(s) {sorted(unknown)}; the budget options are "
                 f"{sorted(BUDGET_KEYS)}"
             )
-        settings = PlanSettings(
-            planners=[planner], objectives=[objective], cost=cost or {"name": "goal_hazard"}, **budget
-        )
+        try:
+            settings = PlanSettings(
+                planners=[planner], objectives=[objective], cost=cost or {"name": "goal_hazard"}, **budget
+            )
+        except ConfigError as e:  # name the option where the user wrote it
+            raise ConfigError(f"data.policy (planner): {e}") from None
         self.model = load_world_model(ckpt_path)
         sizes = (self.model.obs_dim, self.model.action_dim)
         if sizes != (observation_space.shape[0], action_space.shape[0]):
@@ -112,7 +115,10 @@ class PlannerPolicy(Policy):
                 f"data.policy (planner): the checkpoint's observation/action sizes {sizes} differ from "
                 f"the environment's {(observation_space.shape[0], action_space.shape[0])}"
             )
-        self.planner = build_planner(self.model, settings, planner, objective, env)
+        try:
+            self.planner = build_planner(self.model, settings, planner, objective, env)
+        except ConfigError as e:
+            raise ConfigError(f"data.policy (planner): {e}") from None
         self.exploration = float(exploration)
         self._half = (action_space.high - action_space.low) / 2.0
 

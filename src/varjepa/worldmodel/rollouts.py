@@ -63,8 +63,9 @@ class Rollouts:
 
     @classmethod
     def concat(cls, parts: list[Rollouts]) -> Rollouts:
-        """The episodes of ``parts`` in order, padded (zeros) to the longest ``steps``; positions are
-        kept only if every part has them."""
+        """The episodes of ``parts`` in order: ``obs`` ``[ΣE, T+1, O]``, ``action`` ``[ΣE, T, A]`` and so
+        on, padded with zeros to the longest part's ``T`` (``length`` says what is valid); positions
+        ``[ΣE, T+1, 2]`` are kept only if every part has them (else ``[ΣE, 0, 2]``)."""
         if not parts:
             raise ValueError("Rollouts.concat needs at least one part")
         T = max(r.action.shape[1] for r in parts)
@@ -191,7 +192,7 @@ def collect_rollouts(
     # a policy may draw from (or seed) torch's global generator, e.g. a planner's sampling: keep the
     # caller's stream as it was, so that what follows (a model's initial weights) does not depend on
     # whether the rollouts came from the cache
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # the CPU generator and every CUDA device's
         return _collect(env, policy, episodes, steps, seed, overrides)
 
 
