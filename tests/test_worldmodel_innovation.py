@@ -136,3 +136,20 @@ def test_training_rollouts_read_innovations_with_the_running_statistics():
     d = m.hparams.latent_dim
     h_batch = m.update_belief(h, zs[:, 0], acts[:, 0], params[:, 0])
     assert not torch.allclose(h_batch[:, -(d + 3) : -3], h1[:, -(d + 3) : -3])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["diag_gaussian", {"name": "mixture", "components": 3}, {"name": "anchored_mixture", "components": 3}],
+)
+def test_mean_and_log_prob_without_building_equals_the_distributions(spec):
+    from varjepa.distributions import POSTERIORS
+
+    fam = POSTERIORS.build(spec, dim=4)
+    torch.manual_seed(0)
+    params, z = torch.randn(6, fam.num_params), torch.randn(6, 4)
+    mean, log_prob = fam.mean_and_log_prob(params, z)
+    dist = fam(params)
+    torch.testing.assert_close(mean, fam.mean(dist))
+    torch.testing.assert_close(log_prob, dist.log_prob(z))
+    assert mean.shape == (6, 4) and log_prob.shape == (6,)

@@ -124,6 +124,13 @@ class PosteriorFamily(nn.Module):
         gradient) to :func:`~varjepa.worldmodel.sampling.sample_from_noise` of ``self(params)``."""
         return None
 
+    def mean_and_log_prob(self, params: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean ``[*batch, dim]`` and the log density ``[*batch]`` at ``z`` ``[*batch, dim]`` of the
+        distribution of head outputs ``params`` ``[*batch, num_params]`` (fp32 values; families
+        that can skip building the distribution do; use the distribution where gradients matter)."""
+        dist = self(params)
+        return self.mean(dist), dist.log_prob(z.float())
+
     def forward(self, params: Tensor) -> Distribution:
         """``[*batch, num_params]`` head outputs → distribution with event ``[dim]`` (fp32)."""
         if params.shape[-1] != self.num_params:
@@ -334,6 +341,20 @@ class Mixture(PosteriorFamily):
             locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
         )
 
+    def components_of(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Component means ``[*batch, K, d]``, standard deviations ``[*batch, K, d]`` and logits
+        ``[*batch, K]`` of head outputs ``params`` ``[*batch, num_params]``."""
+        k, d = self.components, self.dim
+        locs, raw, logits = params.split([k * d, k * d, k], dim=-1)
+        return locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
+
+    def mean_and_log_prob(self, params: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        locs, std, logits = self.components_of(params.float())
+        log_w = torch.log_softmax(logits, -1)
+        mean = (log_w.exp().unsqueeze(-1) * locs).sum(-2)
+        log_prob = MixtureLogDensity.apply(z.float().unsqueeze(-2), locs, std, log_w).squeeze(-1)
+        return mean, log_prob
+
     def pick(self, logits: Tensor, u: Tensor, *blocks: Tensor) -> list[Tensor]:
         """:func:`select_component` for flat head blocks ``[*batch, K·d]`` → ``[*batch, d]`` each."""
         K, d = self.components, self.dim
@@ -402,6 +423,12 @@ class AnchoredMixture(Mixture):
         )
         dist._varjepa_anchor = anchor
         return dist
+
+    def components_of(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        k, d = self.components, self.dim
+        anchor, offsets, raw, logits = params.split([d, k * d, k * d, k], dim=-1)
+        locs = anchor.unsqueeze(-2) + offsets.unflatten(-1, (k, d))
+        return locs, self.std(raw).unflatten(-1, (k, d)), logits
 
     def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
         k, d = self.components, self.dim

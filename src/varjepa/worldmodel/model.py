@@ -389,11 +389,12 @@ class LatentWorldModel(L.LightningModule):
         statistics, as while planning, so that a time step's batch does not set them."""
         if params is None:
             params = self.predict_params(h, prev_action, running_norm=True)
-        dist = self.family(params.float())
-        innov = z.float() - self.family.mean(dist)
         if self.family.stochastic:
-            surprise = (-dist.log_prob(z.float()) / z.shape[-1]).clamp(-20.0, 20.0)
+            mean, log_prob = self.family.mean_and_log_prob(params.float(), z)
+            innov = z.float() - mean
+            surprise = (-log_prob / z.shape[-1]).clamp(-20.0, 20.0)
         else:
+            innov = z.float() - self.family.mean(self.family(params.float()))
             surprise = innov.new_zeros(innov.shape[0])
         return torch.cat([innov, surprise[:, None]], -1).to(z.dtype)
 
