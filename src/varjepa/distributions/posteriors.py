@@ -335,11 +335,7 @@ class Mixture(PosteriorFamily):
         return self.components * (2 * self.dim + 1)
 
     def build(self, params: Tensor) -> Distribution:
-        k, d = self.components, self.dim
-        locs, raw, logits = params.split([k * d, k * d, k], dim=-1)
-        return BatchedMixtureOfDiagNormals(
-            locs.unflatten(-1, (k, d)), self.std(raw).unflatten(-1, (k, d)), logits
-        )
+        return BatchedMixtureOfDiagNormals(*self.components_of(params))
 
     def components_of(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Component means ``[*batch, K, d]``, standard deviations ``[*batch, K, d]`` and logits

@@ -80,9 +80,9 @@ class TrajectoryDataModule(JEPADataModule):
             collect_overrides}`` (``policy`` and ``episodes`` required; the others default to this
             module's ``seed + 1_000_000·(i + 1)``, ``steps`` and ``collect_overrides``; the episode
             seeds are far from those ``plan:`` evaluates on, so a refit never trains on the wind it
-            is tested in). Each is cached
-            like the main one; their episodes join the training split, so validation and test
-            episodes (and the coverage measured on them) stay those of the main collection. With
+            is tested in). Each is cached like the main one; their episodes join the training
+            split, so validation and test episodes (and the coverage measured on them) stay those
+            of the main collection. With
             ``policy: {name: planner, ckpt_path: ...}`` this is how a model is refitted on the
             paths its planner flies (:mod:`~varjepa.worldmodel.planner_policy`).
     """

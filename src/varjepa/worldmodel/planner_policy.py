@@ -32,11 +32,8 @@ from .rollouts import POLICIES, Policy
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 #: the planning budget a planner policy accepts (as in ``plan:``)
