@@ -221,31 +221,77 @@ def env_hazard_rate(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def env_pass_quantiles(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_kwargs) -> list[float]:
-    """Quantiles :data:`QUANTILES` and the mean of the *observed* y after ``k`` steps of full thrust
-    east from the state :func:`pass_beliefs` describes, in the real environment (without
-    termination)."""
+def env_pass_paths(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_kwargs) -> np.ndarray:
+    """Observed y ``[n, k + 1]`` (column 0 is ``y0``) of ``k`` steps of full thrust east from the state
+    :func:`pass_beliefs` describes, in the real environment (without termination); run ``i`` resets
+    with seed ``seed + i``. ``env_kwargs`` change the environment (tests)."""
     env = WindyPointMass(terminate_on_hazard=False, terminate_on_goal=False, **env_kwargs)
     vmax = env.accel / (1 - env.damping)
-    east, ys = np.array([1.0, 0.0], np.float32), []
+    east, ys = np.array([1.0, 0.0], np.float32), np.full((n, k + 1), y0)
     for i in range(n):
         env.reset(seed=seed + i)
         env.pos, env.vel = np.array([-0.6, y0]), np.array([vmax, 0.0])
-        for _ in range(k):
-            obs = env.step(east)[0]
-        ys.append(obs[1])
+        for j in range(k):
+            ys[i, j + 1] = env.step(east)[0][1]
+    return ys
+
+
+def env_pass_quantiles(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_kwargs) -> list[float]:
+    """Quantiles :data:`QUANTILES` and the mean of the *observed* y after ``k`` steps of
+    :func:`env_pass_paths`."""
+    ys = env_pass_paths(y0, k, n, seed, **env_kwargs)[:, -1]
     return [*np.quantile(ys, QUANTILES).tolist(), float(np.mean(ys))]
 
 
 @torch.no_grad()
-def model_pass_quantiles(m, y0: float, k: int = 10, n: int = 4000, seed: int = 0) -> list[float]:
-    """The same quantiles and mean of world model ``m``'s decoded y after ``k`` imagined steps of full
-    thrust east after a pass at height ``y0``."""
+def model_pass_paths(m, y0: float, k: int = 10, n: int = 4000, seed: int = 0) -> np.ndarray:
+    """World model ``m``'s answer to :func:`env_pass_paths`: decoded y ``[n, k + 1]`` (column 0 is
+    ``y0``) of ``n`` imagined rollouts of ``k`` steps of full thrust east after a pass at ``y0``."""
     h = pass_beliefs(m, n, y0, seed)
     torch.manual_seed(seed)
     _, z = m.imagine(h, m.normalize_action(torch.tensor([1.0, 0.0])).expand(n, k, 2))
-    y = decoded_positions(m, z[:, -1])[:, 1]
+    return np.concatenate([np.full((n, 1), y0), decoded_positions(m, z)[..., 1]], 1)
+
+
+def model_pass_quantiles(m, y0: float, k: int = 10, n: int = 4000, seed: int = 0) -> list[float]:
+    """The quantiles and mean of :func:`model_pass_paths` after ``k`` steps (as
+    :func:`env_pass_quantiles`)."""
+    y = model_pass_paths(m, y0, k, n, seed)[:, -1]
     return [*np.quantile(y, QUANTILES).tolist(), float(np.mean(y))]
+
+
+def pass_gust_response(paths: np.ndarray, threshold: float = -0.12) -> dict:
+    """How far a gust that hits on a pass's first step carries the mass, from y paths ``[N, k + 1]``
+    (:func:`env_pass_paths`, :func:`model_pass_paths`). The paths whose first step is below
+    ``threshold`` are the gust-hit ones: their mean steps (:func:`carry_on`), the mean and median of
+    their total ``k``-step change, and the median total of the other paths (which should not sink)."""
+    steps = np.diff(paths, axis=1)
+    out = carry_on(steps, threshold)
+    sel = steps[:, 0] < threshold
+    total = paths[:, -1] - paths[:, 0]
+    nan = float("nan")
+    out["total_mean"] = float(total[sel].mean()) if sel.any() else nan
+    out["total_median"] = float(np.median(total[sel])) if sel.any() else nan
+    out["calm_total_median"] = float(np.median(total[~sel])) if (~sel).any() else nan
+    return out
+
+
+@torch.no_grad()
+def momentum_read(m, push: float, y0: float = 0.3, n: int = 4000, seed: int = 0) -> float:
+    """World model ``m``'s mean predicted y-step (decoded ``E[z_{t+1}]`` minus decoded ``z_t``) right
+    after observing a gust: the pass history of :func:`pass_beliefs` whose newest true position is
+    ``push`` further south (a gust's velocity ``−push`` just moved the mass). The environment's next
+    step is ``−damping · push``."""
+    env, rng = WindyPointMass(), np.random.default_rng(seed)
+    vmax = env.accel / (1 - env.damping)
+    pos = np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
+    pos[-1, 1] -= push
+    obs = torch.tensor(pos[None] + rng.normal(0, env.obs_noise, (n, HISTORY, 2)), dtype=torch.float32)
+    east = m.normalize_action(torch.tensor([1.0, 0.0]))
+    z = m.encode(obs)
+    h = m.filter(z, east.expand(n, HISTORY - 1, 2))[:, -1]
+    mean = m.family.mean(m.predict(h, east.expand(n, 2)))
+    return float((decoded_positions(m, mean)[:, 1] - decoded_positions(m, z[:, -1])[:, 1]).mean())
 
 
 @torch.no_grad()
@@ -355,13 +401,43 @@ def main() -> None:
         )
         for y0, r in tail.items():
             lines.append(f"| {y0:.2f} | {r['env']:.3f} | {r['decoded']:.3f} | {r['head']:.3f} |")
-        drift = {"env": env_pass_quantiles(0.3), "model": model_pass_quantiles(m, 0.3)}
+        env_paths, model_paths = env_pass_paths(0.3, n=40000), model_pass_paths(m, 0.3, n=20000)
+        drift = {
+            "env": [*np.quantile(env_paths[:, -1], QUANTILES).tolist(), float(env_paths[:, -1].mean())],
+            "model": [*np.quantile(model_paths[:, -1], QUANTILES).tolist(), float(model_paths[:, -1].mean())],
+        }
         meta["world_model"]["pass_quantiles_10"] = drift
         lines.append(
             "\nObserved y after 10 steps of full thrust east from the pass at 0.30 (10 % / median / 90 % / mean): "
             f"environment {' / '.join(f'{v:+.3f}' for v in drift['env'])}, model (decoded) "
             f"{' / '.join(f'{v:+.3f}' for v in drift['model'])}."
         )
+        pg = {"env": pass_gust_response(env_paths), "model": pass_gust_response(model_paths)}
+        meta["world_model"]["pass_gust_response"] = pg
+        lines.append(
+            "\nA gust on the pass's first step (first y-step < −0.12; environment 40,000 runs, model "
+            "20,000 rollouts): its share, the mean y-steps 1–3 after it, the mean and median 10-step "
+            "change of the gust-hit paths, and the median 10-step change of the others:\n\n"
+            "| | share | step 1 | step 2 | step 3 | 10 steps: mean | median | others: median |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        for name, r in (("environment", pg["env"]), ("model", pg["model"])):
+            s1, s2, s3 = (r["mean_steps"] + [float("nan")] * 3)[:3]
+            lines.append(
+                f"| {name} | {100 * r['gust_share']:.1f} % | {s1:+.3f} | {s2:+.3f} | {s3:+.3f} | "
+                f"{r['total_mean']:+.3f} | {r['total_median']:+.3f} | {r['calm_total_median']:+.3f} |"
+            )
+        pushes = (0.15, 0.22, 0.3)
+        reads = {p: {"env": -damping * p, "model": momentum_read(m, p)} for p in pushes}
+        meta["world_model"]["momentum_read"] = {str(p): r for p, r in reads.items()}
+        lines.append(
+            "\nThe step predicted right after observing a gust on the pass (the newest position `push` "
+            "further south; mean of the decoded predicted step; the environment: damping × the push):"
+            "\n\n| push | " + " | ".join(f"{p:.2f}" for p in pushes) + " |\n|---|" + "---:|" * len(pushes)
+        )
+        for name in ("env", "model"):
+            label = "environment" if name == "env" else "model"
+            lines.append(f"| {label} | " + " | ".join(f"{reads[p][name]:+.3f}" for p in pushes) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / args.out  # an absolute --out replaces ROOT
