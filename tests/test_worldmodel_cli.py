@@ -372,6 +372,45 @@ def test_mixture_overlay_restores_the_previous_default_and_plans(tmp_path):
     assert row["objective"] == "cvar0.2" and 1 <= row["steps"] <= 60
 
 
+def test_gusts_overlay_sets_its_recipe(capsys):
+    """configs/worldmodel/gusts.yaml composes with the windy-point config: the innovation belief, a
+    10-component anchored mixture, 1600 episodes and 4500 steps, everything else the default's."""
+    import yaml
+
+    overlay = ROOT / "configs/worldmodel/gusts.yaml"
+    with pytest.raises(SystemExit):
+        run(["fit", f"--config={CONFIG}", f"--config={overlay}", "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    assert model["belief"] == {"name": "window", "length": 4, "innovation": True}
+    assert model["posterior"] == {"name": "anchored_mixture", "components": 10}
+    assert data["episodes"] == 1600 and cfg["trainer"]["max_steps"] == 4500
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "windy_point_gusts"
+    base = yaml.safe_load(CONFIG.read_text())
+    assert model["objective"] == base["model"]["init_args"]["objective"]  # the rest is the default's
+    assert model["residual"] and model["detach_belief"] and model["burn_in"] == 1
+
+
+@pytest.mark.slow
+def test_gusts_overlay_fits_and_plans(tmp_path):
+    """A tiny fit with the overlay (sizes overridden on the command line after it) builds its model,
+    and the checkpoint plans an episode."""
+    args = _fit_args(tmp_path, steps=6)
+    args.insert(2, f"--config={ROOT / 'configs/worldmodel/gusts.yaml'}")
+    model = run(args).model
+    assert type(model.family).__name__ == "AnchoredMixture" and model.family.components == 10
+    assert type(model.belief).__name__ == "InnovationBelief"
+    ckpts = list((tmp_path / "runs" / "windy_point_gusts").glob("version_*/checkpoints/last.ckpt"))
+    assert len(ckpts) == 1
+    out = tmp_path / "plan"
+    plan = [f"--config={CONFIG}", f"--ckpt_path={ckpts[0]}", "--plan.episodes=1", "--plan.planners=[cem]"]
+    plan += ["--plan.objectives=[{name: cvar, alpha: 0.2}]", "--plan.horizon=2", "--plan.candidates=4"]
+    plan += ["--plan.particles=4", "--plan.iterations=1", "--plan.elites=2", f"--plan.out={out}"]
+    assert plan_main(plan) == 0
+    row = json.loads((out / "plan.json").read_text())["rows"][0]
+    assert row["objective"] == "cvar0.2" and 1 <= row["steps"] <= 60
+
+
 def test_torch_threads_callback_sets_and_restores():
     from varjepa import TorchThreads
     from varjepa.registry import ConfigError
