@@ -234,7 +234,7 @@ def env_pass_paths(y0: float, k: int = 10, n: int = 4000, seed: int = 0, **env_k
     with seed ``seed + i``. ``env_kwargs`` change the environment (tests)."""
     env = WindyPointMass(terminate_on_hazard=False, terminate_on_goal=False, **env_kwargs)
     vmax = env.accel / (1 - env.damping)
-    east, ys = np.array([1.0, 0.0], np.float32), np.full((n, k + 1), y0)
+    east, ys = np.array([1.0, 0.0], np.float32), np.full((n, k + 1), y0, dtype=float)
     for i in range(n):
         env.reset(seed=seed + i)
         env.pos, env.vel = np.array([-0.6, y0]), np.array([vmax, 0.0])
@@ -271,7 +271,9 @@ def pass_gust_response(paths: np.ndarray, threshold: float = -0.12) -> dict:
     """How far a gust that hits on a pass's first step carries the mass, from y paths ``[N, k + 1]``
     (:func:`env_pass_paths`, :func:`model_pass_paths`). The paths whose first step is below
     ``threshold`` are the gust-hit ones: their mean steps (:func:`carry_on`), the mean and median of
-    their total ``k``-step change, and the median total of the other paths (which should not sink)."""
+    their total ``k``-step change, and the median total of the other paths (which should not sink).
+    Keys: ``gust_share``, ``mean_steps`` (``k`` means), ``ratio``, ``total_mean``, ``total_median``,
+    ``calm_total_median``; NaN (and ``mean_steps`` empty) where no path is selected. Needs k ≥ 2."""
     steps = np.diff(paths, axis=1)
     out = carry_on(steps, threshold)
     sel = steps[:, 0] < threshold
@@ -283,12 +285,23 @@ def pass_gust_response(paths: np.ndarray, threshold: float = -0.12) -> dict:
     return out
 
 
+def env_next_step(push: float, **env_kwargs) -> float:
+    """The environment's expected next y-step right after a gust's velocity ``−push``: damping carries
+    ``−damping · push`` on, and a new gust (probability ``gust_prob``, strength ``U(0.5, 1) ·
+    gust_strength``, direction ``φ ~ N(0, gust_spread²)`` from south, so ``E[cos φ] =
+    exp(−gust_spread² / 2)``) adds its expected push; the breeze has mean 0."""
+    env = WindyPointMass(**env_kwargs)
+    new_gust = env.gust_prob * 0.75 * env.gust_strength * np.exp(-(env.gust_spread**2) / 2)
+    return float(-env.damping * push - new_gust)
+
+
 @torch.no_grad()
 def momentum_read(m, push: float, y0: float = 0.3, n: int = 4000, seed: int = 0) -> float:
     """World model ``m``'s mean predicted y-step (decoded ``E[z_{t+1}]`` minus decoded ``z_t``) right
-    after observing a gust: the pass history of :func:`pass_beliefs` whose newest true position is
-    ``push`` further south (a gust's velocity ``−push`` just moved the mass). The environment's next
-    step is ``−damping · push``."""
+    after observing a gust, over ``n`` noisy histories of the pass that :func:`pass_beliefs` describes
+    (the same true positions, the noise drawn in order) whose newest true position is ``push``
+    further south: a gust's velocity ``−push`` just moved the mass. The environment's answer is
+    :func:`env_next_step`."""
     env, rng = WindyPointMass(), np.random.default_rng(seed)
     vmax = env.accel / (1 - env.damping)
     pos = np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
@@ -451,11 +464,12 @@ def main() -> None:
                 f"{r['total_mean']:+.3f} | {r['total_median']:+.3f} | {r['calm_total_median']:+.3f} |"
             )
         pushes = (0.15, 0.22, 0.3)
-        reads = {p: {"env": -damping * p, "model": momentum_read(m, p)} for p in pushes}
+        reads = {p: {"env": env_next_step(p), "model": momentum_read(m, p)} for p in pushes}
         meta["world_model"]["momentum_read"] = {str(p): r for p, r in reads.items()}
         lines.append(
             "\nThe step predicted right after observing a gust on the pass (the newest position `push` "
-            "further south; mean of the decoded predicted step; the environment: damping × the push):"
+            "further south; mean of the decoded predicted step; the environment: its expected next step, "
+            "damping × the push plus the chance of a new gust):"
             "\n\n| push | " + " | ".join(f"{p:.2f}" for p in pushes) + " |\n|---|" + "---:|" * len(pushes)
         )
         for name in ("env", "model"):

@@ -188,12 +188,15 @@ def run_seed(seed: int, args) -> dict:
     return {"seed": seed, "ckpt": str(ckpt), "plan": str(out), "fit_s": fit_s, "rows": rows, "paired": paired}
 
 
-def calibration(ckpt: str) -> dict[str, float]:
-    """k-step coverage of checkpoint ``ckpt`` on the test episodes of the data it was trained on
-    (the ``config.yaml`` that ``varjepa fit`` saved beside it, overrides included)."""
+def calibration(ckpt: str, max_episodes: int | None = None, samples: int = 199) -> dict[str, float]:
+    """k-step coverage of checkpoint ``ckpt`` on the test episodes (at most ``max_episodes``) of the
+    data it was trained on (the ``config.yaml`` that ``varjepa fit`` saved beside it, overrides
+    included), from ``samples`` rollouts per window."""
     torch.set_num_threads(1)
     saved = yaml.safe_load((Path(ckpt).parent.parent / "config.yaml").read_text())
-    return calibration_on_test_episodes(load_world_model(ckpt), saved["data"]["init_args"], HORIZONS)
+    return calibration_on_test_episodes(
+        load_world_model(ckpt), saved["data"]["init_args"], HORIZONS, samples, max_episodes
+    )
 
 
 def compare(a: dict, b: dict) -> tuple[list[dict], int]:
@@ -260,7 +263,17 @@ def report(results: list[dict], pooled: list[dict], args) -> str:
         + (f"; plan overrides {', '.join(f'`{kv}`' for kv in args.plan_set)}" if args.plan_set else "")
         + f"; training seeds {', '.join(str(r['seed']) for r in results)}; {args.episodes} episodes per "
         f"planner × objective and seed (episode seeds {first}–{first + args.episodes - 1}, the same wind "
-        f"in every row); 1 torch thread per run, {platform.machine()}, torch {torch.__version__}.",
+        f"in every row); 1 torch thread per run, {platform.machine()}, torch {torch.__version__}."
+        + (
+            f" Coverage on the first {args.calibration_episodes} test episodes of each seed's data"
+            if getattr(args, "calibration_episodes", None)
+            else ""
+        )
+        + (
+            f", {args.calibration_samples} rollouts per window."
+            if getattr(args, "calibration_samples", 199) != 199
+            else ("." if getattr(args, "calibration_episodes", None) else "")
+        ),
         "",
         "## Per seed",
         "",
@@ -305,6 +318,14 @@ def main() -> None:
         help="plan override KEY=VALUE (repeatable); {seed} in it becomes the training seed",
     )
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once (one thread each)")
+    p.add_argument(
+        "--calibration-episodes",
+        type=int,
+        default=None,
+        help="measure coverage on the first N test episodes only (default: all; a 1,600-episode "
+        "collection holds 160 and takes long)",
+    )
+    p.add_argument("--calibration-samples", type=int, default=199, help="rollouts per window for coverage")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "worldmodel_seeds"), help="checkpoints and plans")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/worldmodel_seeds"))
     p.add_argument(
@@ -329,6 +350,10 @@ def main() -> None:
     args.config_label = str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config)
     if args.episodes < 1 or args.jobs < 1:
         raise SystemExit("--episodes and --jobs must be >= 1")
+    if (
+        args.calibration_episodes is not None and args.calibration_episodes < 1
+    ) or args.calibration_samples < 2:
+        raise SystemExit("--calibration-episodes must be >= 1 and --calibration-samples >= 2")
     for kv in args.set + args.plan_set:
         if "=" not in kv:
             raise SystemExit(f"--set / --plan-set {kv!r}: give KEY=VALUE")
@@ -360,7 +385,7 @@ def main() -> None:
         raise
     pool.shutdown()
     for r in results:
-        r["calibration"] = calibration(r["ckpt"])
+        r["calibration"] = calibration(r["ckpt"], args.calibration_episodes, args.calibration_samples)
         print(f"seed {r['seed']}:\n{paired_markdown(r['paired'])}", flush=True)
     pooled = pool_paired([r["paired"] for r in results])
     md = report(results, pooled, args)
@@ -374,6 +399,8 @@ def main() -> None:
         "seeds": seeds,
         "episodes": args.episodes,
         "episode_seed": args.episode_seed,
+        "calibration_episodes": args.calibration_episodes,
+        "calibration_samples": args.calibration_samples,
         "planners": args.planners or "config's",
         "objectives": args.objectives or "config's",
         "torch": torch.__version__,

@@ -142,6 +142,9 @@ def test_env_pass_paths_start_at_the_pass_and_end_where_the_quantiles_read():
     np.testing.assert_array_equal(paths[:, 0], 0.3)
     q = bench.env_pass_quantiles(0.3, k=4, n=50, seed=3)
     np.testing.assert_allclose(q, [*np.quantile(paths[:, -1], bench.QUANTILES), paths[:, -1].mean()])
+    # the values the function gave before it read env_pass_paths (commit 3e60bee)
+    np.testing.assert_allclose(q, [0.06893171, 0.28873488, 0.32826238, 0.24721119], atol=1e-6)
+    assert bench.env_pass_paths(0, k=2, n=3).dtype == np.float64  # an integer start height stays a float
     # no wind, no gusts: every observed y is the pass height plus observation noise
     calm = bench.env_pass_paths(0.3, k=4, n=200, gust_prob=0.0, wind_std=0.0)
     from varjepa.worldmodel.envs import WindyPointMass
@@ -150,14 +153,17 @@ def test_env_pass_paths_start_at_the_pass_and_end_where_the_quantiles_read():
 
 
 def test_pass_gust_response_selects_gust_hit_paths_and_sums_their_steps():
-    # 3 calm paths (flat, then one sinking 0.05) and 2 hit by a gust of -0.2 / -0.3 that decays by 0.6
+    # 3 calm paths (flat, then one sinking 0.05) and 3 hit by a gust of -0.15 / -0.2 / -0.4 that
+    # decays by 0.6
     calm = np.array([[0.3, 0.3, 0.3, 0.3], [0.3, 0.31, 0.3, 0.3], [0.3, 0.28, 0.26, 0.25]])
-    gusts = np.array([0.3 - np.cumsum([0.0, g, 0.6 * g, 0.36 * g]) for g in (0.2, 0.3)])
+    pushes = np.array([0.15, 0.2, 0.4])
+    gusts = np.array([0.3 - np.cumsum([0.0, g, 0.6 * g, 0.36 * g]) for g in pushes])
     out = bench.pass_gust_response(np.concatenate([calm, gusts]))
-    assert out["gust_share"] == 0.4
-    np.testing.assert_allclose(out["mean_steps"], -0.25 * np.array([1.0, 0.6, 0.36]))
+    assert out["gust_share"] == 0.5
+    np.testing.assert_allclose(out["mean_steps"], -pushes.mean() * np.array([1.0, 0.6, 0.36]))
     np.testing.assert_allclose(out["ratio"], 0.6)
-    np.testing.assert_allclose([out["total_mean"], out["total_median"]], -0.25 * 1.96)
+    # totals -1.96 x the push: mean -0.25 x 1.96, median -0.2 x 1.96
+    np.testing.assert_allclose([out["total_mean"], out["total_median"]], [-0.25 * 1.96, -0.2 * 1.96])
     np.testing.assert_allclose(out["calm_total_median"], 0.0, atol=1e-12)
     none = bench.pass_gust_response(calm)
     assert np.isnan(none["total_mean"]) and np.isnan(none["ratio"])
@@ -194,3 +200,40 @@ def test_momentum_read_of_a_persistence_model_is_zero_and_of_a_shifted_one_its_s
         want = (bench.decoded_positions(m, z + c)[:, 1] - bench.decoded_positions(m, z)[:, 1]).mean()
     assert abs(want) > 1e-3
     np.testing.assert_allclose(bench.momentum_read(m, push, n=n), want, rtol=1e-4, atol=1e-6)
+
+
+def test_env_next_step_matches_a_simulation_of_the_step_after_a_gust():
+    from varjepa.worldmodel.envs import WindyPointMass
+
+    env = WindyPointMass(terminate_on_hazard=False, terminate_on_goal=False)
+    vmax, push, dy = env.accel / (1 - env.damping), 0.2, []
+    for i in range(20000):
+        env.reset(seed=i)
+        env.pos, env.vel = np.array([0.0, 0.5]), np.array([vmax, -push])
+        env.step(np.array([1.0, 0.0], np.float32))
+        dy.append(env.pos[1] - 0.5)
+    se = np.std(dy) / np.sqrt(len(dy))
+    assert abs(np.mean(dy) - bench.env_next_step(push)) < 4 * se
+    assert bench.env_next_step(push) < -env.damping * push  # a new gust adds to the carry-on
+    np.testing.assert_allclose(bench.env_next_step(push, gust_prob=0.0), -env.damping * push)
+
+
+def test_model_pass_paths_start_at_the_pass_and_hold_the_decoded_rollouts():
+    import torch
+
+    from worldmodel_helpers import tiny_world_model
+
+    torch.manual_seed(0)
+    m = tiny_world_model(length=4).eval()
+    paths = bench.model_pass_paths(m, 0.3, k=3, n=16, seed=5)
+    assert paths.shape == (16, 4)
+    np.testing.assert_array_equal(paths[:, 0], 0.3)
+    # the same rollouts by hand: the beliefs, then the seed, then imagine under full thrust east
+    with torch.no_grad():
+        h = bench.pass_beliefs(m, 16, 0.3, 5)
+        torch.manual_seed(5)
+        _, z = m.imagine(h, m.normalize_action(torch.tensor([1.0, 0.0])).expand(16, 3, 2))
+        want = bench.decoded_positions(m, z)[..., 1]
+    np.testing.assert_allclose(paths[:, 1:], want, rtol=1e-6)
+    q = bench.model_pass_quantiles(m, 0.3, k=3, n=16, seed=5)
+    np.testing.assert_allclose(q, [*np.quantile(want[:, -1], bench.QUANTILES), want[:, -1].mean()], rtol=1e-6)

@@ -595,3 +595,28 @@ def test_first_step_of_an_episode_gets_its_own_iterations(planner):
     p.reset()
     p.act(np.array([0.0]))
     assert len(calls) == 5 + 2 + 5
+
+
+def test_calibration_on_test_episodes_can_stop_after_the_first_test_episodes(tmp_path):
+    """``max_episodes`` measures coverage on the windows of the first N test episodes only: equal to
+    :func:`k_step_calibration` on exactly those windows, different from all of them."""
+    from varjepa.worldmodel.evaluate import calibration_on_test_episodes
+
+    data = dict(episodes=30, steps=12, window=6, policy="random", collect_overrides=NO_TERM)
+    data["cache_dir"] = str(tmp_path)
+    dm = TrajectoryDataModule(**data)
+    dm.setup("fit")
+    test = dm.split_episodes["test"].tolist()
+    assert len(test) >= 2
+    torch.manual_seed(0)
+    m = LatentWorldModel(
+        latent_dim=4, hidden=8, horizon=1, burn_in=1, belief={"name": "window", "length": 2}, spaces=SPACES
+    ).eval()
+    m.hparams.calibration_history = 2
+    first = calibration_on_test_episodes(m, data, horizons=(1, 2), n=9, max_episodes=1)
+    assert first == k_step_calibration(m, windows_of(dm.rollouts, test[:1], 6), horizons=(1, 2), n=9)
+    every = calibration_on_test_episodes(m, data, horizons=(1, 2), n=9)
+    assert every == k_step_calibration(m, windows_of(dm.rollouts, test, 6), horizons=(1, 2), n=9)
+    assert first != every
+    with pytest.raises(ValueError, match="max_episodes = 0"):
+        calibration_on_test_episodes(m, data, max_episodes=0)

@@ -115,14 +115,22 @@ def k_step_calibration(
 
 
 def calibration_on_test_episodes(
-    model, data: dict, horizons: Sequence[int] = (1, 5, 10), n: int = 199
+    model,
+    data: dict,
+    horizons: Sequence[int] = (1, 5, 10),
+    n: int = 199,
+    max_episodes: int | None = None,
 ) -> dict[str, float]:
-    """:func:`k_step_calibration` of ``model`` on every window of the test episodes of the
-    :class:`~varjepa.worldmodel.TrajectoryDataModule` that ``data`` (its init_args, e.g. a config's
-    ``data.init_args``) describes; the rollouts load from the cache when they are there."""
+    """:func:`k_step_calibration` of ``model`` (``n`` samples) on every window of the test episodes
+    of the :class:`~varjepa.worldmodel.TrajectoryDataModule` that ``data`` (its init_args, e.g. a
+    config's ``data.init_args``) describes, or of the first ``max_episodes`` of them (large
+    collections); the rollouts load from the cache when they are there."""
     from .data import TrajectoryDataModule, windows_of
 
+    if max_episodes is not None and max_episodes < 1:
+        raise ValueError(f"max_episodes = {max_episodes}; must be >= 1 (or None: every test episode)")
     dm = TrajectoryDataModule(**data)
     dm.setup("fit")
-    batch = windows_of(dm.rollouts, dm.split_episodes["test"].tolist(), dm.window)
+    episodes = dm.split_episodes["test"].tolist()[:max_episodes]
+    batch = windows_of(dm.rollouts, episodes, dm.window)
     return k_step_calibration(model, batch, horizons=horizons, n=n)
