@@ -182,14 +182,21 @@ def decoded_positions(m, z: torch.Tensor) -> np.ndarray:
     return (m.decoder(z) * m.obs_std + m.obs_mean).numpy()
 
 
+def pass_positions(y0: float) -> np.ndarray:
+    """True positions ``[HISTORY, 2]`` of the mass passing the hazard at height ``y0`` at full speed
+    east, the newest at x = −0.6."""
+    env = WindyPointMass()
+    vmax = env.accel / (1 - env.damping)
+    return np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
+
+
 def pass_beliefs(m, n: int, y0: float, seed: int = 0) -> torch.Tensor:
     """Beliefs ``[n, belief]`` of model ``m`` after ``HISTORY`` noisy observations of the mass passing
     the hazard at height ``y0`` at full speed east (x = −0.6 at the newest one). The history is as
     long as a training window, so that longer window beliefs and recurrent ones are full; the newest
     ``LENGTH`` observations' noise is drawn first."""
     env, rng = WindyPointMass(), np.random.default_rng(seed)
-    vmax = env.accel / (1 - env.damping)
-    pos = np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
+    pos = pass_positions(y0)
     newest = rng.normal(0, env.obs_noise, (n, LENGTH, 2))
     noise = np.concatenate([rng.normal(0, env.obs_noise, (n, HISTORY - LENGTH, 2)), newest], 1)
     obs = torch.tensor(pos[None] + noise, dtype=torch.float32)
@@ -298,13 +305,12 @@ def env_next_step(push: float, **env_kwargs) -> float:
 @torch.no_grad()
 def momentum_read(m, push: float, y0: float = 0.3, n: int = 4000, seed: int = 0) -> float:
     """World model ``m``'s mean predicted y-step (decoded ``E[z_{t+1}]`` minus decoded ``z_t``) right
-    after observing a gust, over ``n`` noisy histories of the pass that :func:`pass_beliefs` describes
-    (the same true positions, the noise drawn in order) whose newest true position is ``push``
+    after observing a gust, over ``n`` noisy histories of :func:`pass_positions` (the noise drawn in
+    order, unlike :func:`pass_beliefs`) whose newest true position is ``push``
     further south: a gust's velocity ``−push`` just moved the mass. The environment's answer is
     :func:`env_next_step`."""
     env, rng = WindyPointMass(), np.random.default_rng(seed)
-    vmax = env.accel / (1 - env.damping)
-    pos = np.array([[-0.6 - vmax * (HISTORY - 1 - i), y0] for i in range(HISTORY)])
+    pos = pass_positions(y0)
     pos[-1, 1] -= push
     obs = torch.tensor(pos[None] + rng.normal(0, env.obs_noise, (n, HISTORY, 2)), dtype=torch.float32)
     east = m.normalize_action(torch.tensor([1.0, 0.0]))

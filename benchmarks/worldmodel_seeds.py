@@ -252,6 +252,14 @@ def compare_markdown(rows: list[dict], a: str, b: str, episodes: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def coverage_note(episodes: int | None, samples: int) -> str:
+    """The report's sentence on how coverage was measured, when not on every test episode with 199
+    rollouts ("" then)."""
+    parts = [f"the first {episodes} test episodes of each seed's data"] if episodes else []
+    parts += [f"{samples} rollouts per window"] if samples != 199 else []
+    return f" Coverage on {', '.join(parts)}." if parts else ""
+
+
 def report(results: list[dict], pooled: list[dict], args) -> str:
     """The per-seed and pooled tables as Markdown."""
     first = args.episode_seed
@@ -264,15 +272,8 @@ def report(results: list[dict], pooled: list[dict], args) -> str:
         + f"; training seeds {', '.join(str(r['seed']) for r in results)}; {args.episodes} episodes per "
         f"planner × objective and seed (episode seeds {first}–{first + args.episodes - 1}, the same wind "
         f"in every row); 1 torch thread per run, {platform.machine()}, torch {torch.__version__}."
-        + (
-            f" Coverage on the first {args.calibration_episodes} test episodes of each seed's data"
-            if getattr(args, "calibration_episodes", None)
-            else ""
-        )
-        + (
-            f", {args.calibration_samples} rollouts per window."
-            if getattr(args, "calibration_samples", 199) != 199
-            else ("." if getattr(args, "calibration_episodes", None) else "")
+        + coverage_note(
+            getattr(args, "calibration_episodes", None), getattr(args, "calibration_samples", 199)
         ),
         "",
         "## Per seed",
