@@ -50,14 +50,19 @@ def inverse_bounded_std(std: float, min_std: float) -> float:
     return float(y + torch.log(-torch.expm1(-y)))
 
 
-def select_component(logits: Tensor, u: Tensor, *blocks: Tensor) -> list[Tensor]:
-    """Component ``k`` per batch element by inverting the mixture weights' CDF (``logits``
-    ``[*batch, K]``) at ``u`` ``[*batch]``; returns each of ``blocks`` ``[*batch, K, d]`` at that
-    component, ``[*batch, d]`` (common random numbers: the same ``u`` picks the same component
-    for equal weights)."""
-    K = logits.shape[-1]
+def component_index(logits: Tensor, u: Tensor) -> Tensor:
+    """Component ``k`` ``[*batch]`` (int64) per batch element by inverting the mixture weights' CDF
+    (``logits`` ``[*batch, K]``) at ``u`` ``[*batch]`` (common random numbers: the same ``u`` picks
+    the same component for equal weights)."""
     cdf = torch.softmax(logits, -1).cumsum(-1)
-    k = (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=K - 1)
+    return (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def select_component(logits: Tensor, u: Tensor, *blocks: Tensor, k: Tensor | None = None) -> list[Tensor]:
+    """Each of ``blocks`` ``[*batch, K, d]`` at component ``k`` ``[*batch]`` (default:
+    :func:`component_index` of ``logits`` ``[*batch, K]`` at ``u`` ``[*batch]``), ``[*batch, d]``."""
+    if k is None:
+        k = component_index(logits, u)
     out = []
     for b in blocks:
         idx = k[..., None, None].expand(*k.shape, 1, b.shape[-1])
@@ -123,6 +128,19 @@ class PosteriorFamily(nn.Module):
         None if the family has no such transform. Equal (bitwise, and in which parameters get
         gradient) to :func:`~varjepa.worldmodel.sampling.sample_from_noise` of ``self(params)``."""
         return None
+
+    def tilted_sample_from_params(
+        self, params: Tensor, eps: Tensor, u: Tensor, tilt: float
+    ) -> tuple[Tensor, Tensor] | None:
+        """An importance-sampled draw for rare events: ``(z [*batch, dim], log_ratio [*batch])``, a
+        draw of a proposal that picks mixture component ``k`` with probability ``q_k ∝ π_k^tilt``
+        (``0 ≤ tilt ≤ 1``; smaller flattens the weights, so rare components are drawn more often; 0
+        draws them uniformly)
+        and ``log π_k − log q_k``, the log importance weight that corrects for it. Families without
+        components draw as :meth:`sample_from_params` with a zero log ratio; None where that has no
+        transform either."""
+        z = self.sample_from_params(params, eps, u)
+        return None if z is None else (z, z.new_zeros(z.shape[:-1]))
 
     def mean_and_log_prob(self, params: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """The mean ``[*batch, dim]`` and the log density ``[*batch]`` at ``z`` ``[*batch, dim]`` of the
@@ -351,16 +369,33 @@ class Mixture(PosteriorFamily):
         log_prob = MixtureLogDensity.apply(z.float().unsqueeze(-2), locs, std, log_w).squeeze(-1)
         return mean, log_prob
 
-    def pick(self, logits: Tensor, u: Tensor, *blocks: Tensor) -> list[Tensor]:
+    def pick(self, logits: Tensor, u: Tensor, *blocks: Tensor, k: Tensor | None = None) -> list[Tensor]:
         """:func:`select_component` for flat head blocks ``[*batch, K·d]`` → ``[*batch, d]`` each."""
         K, d = self.components, self.dim
-        return select_component(logits, u, *(b.unflatten(-1, (K, d)) for b in blocks))
+        return select_component(logits, u, *(b.unflatten(-1, (K, d)) for b in blocks), k=k)
+
+    @staticmethod
+    def tilted_index(logits: Tensor, u: Tensor, tilt: float) -> tuple[Tensor, Tensor]:
+        """Component ``k`` ``[*batch]`` drawn at ``u`` from ``q ∝ π^tilt`` (``π = softmax(logits)``,
+        logits ``[*batch, K]``) and its log importance weight ``log π_k − log q_k`` ``[*batch]``."""
+        k = component_index(tilt * logits, u)  # softmax(tilt·logits) = π^tilt, normalised
+        log_ratio = torch.log_softmax(logits, -1) - torch.log_softmax(tilt * logits, -1)
+        return k, log_ratio.gather(-1, k[..., None]).squeeze(-1)
 
     def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
         k, d = self.components, self.dim
         locs, raw, logits = params.float().split([k * d, k * d, k], dim=-1)
         loc, r = self.pick(logits, u, locs, raw)
         return loc + self.std(r) * eps  # only the drawn component's spread is computed
+
+    def tilted_sample_from_params(
+        self, params: Tensor, eps: Tensor, u: Tensor, tilt: float
+    ) -> tuple[Tensor, Tensor]:
+        k, d = self.components, self.dim
+        locs, raw, logits = params.float().split([k * d, k * d, k], dim=-1)
+        idx, log_ratio = self.tilted_index(logits, u, tilt)
+        loc, r = self.pick(logits, u, locs, raw, k=idx)
+        return loc + self.std(r) * eps, log_ratio
 
     @staticmethod
     def _moments(dist: Distribution) -> tuple[Tensor, Tensor]:
@@ -432,6 +467,16 @@ class AnchoredMixture(Mixture):
         offset, r = self.pick(logits, u, offsets, raw)
         base = anchor.detach() if self.detach_anchor else anchor  # as in build
         return (base + offset) + self.std(r) * eps
+
+    def tilted_sample_from_params(
+        self, params: Tensor, eps: Tensor, u: Tensor, tilt: float
+    ) -> tuple[Tensor, Tensor]:
+        k, d = self.components, self.dim
+        anchor, offsets, raw, logits = params.float().split([d, k * d, k * d, k], dim=-1)
+        idx, log_ratio = self.tilted_index(logits, u, tilt)
+        offset, r = self.pick(logits, u, offsets, raw, k=idx)
+        base = anchor.detach() if self.detach_anchor else anchor
+        return (base + offset) + self.std(r) * eps, log_ratio
 
     def mean(self, dist: Distribution) -> Tensor:
         m = self._moments(dist)[0]

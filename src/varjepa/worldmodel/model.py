@@ -451,14 +451,49 @@ class LatentWorldModel(L.LightningModule):
         k])`` makes the samples from given draws (common random numbers, see
         :func:`~varjepa.worldmodel.sampling.sample_from_noise`; families without such a transform
         sample independently)."""
+        params, z, _ = self._rollout(h, actions, sample, noise, keep_params, tilt=1.0)
+        return params, z
+
+    def imagine_tilted(
+        self, h: Tensor, actions: Tensor, noise: tuple[Tensor, Tensor], tilt: float
+    ) -> tuple[Tensor, Tensor]:
+        """Importance-sampled rollouts for a risk measure's tail: as :meth:`imagine` from draws
+        ``noise``, but each step's mixture component is drawn with probability ``∝ π_k^tilt``
+        (``0 ≤ tilt ≤ 1``, see :meth:`~varjepa.distributions.PosteriorFamily.tilted_sample_from_params`),
+        so rare components (a gust) appear in more rollouts. Returns ``(z [N, k, d], log_weight [N])``:
+        the latents fed back and each rollout's log importance weight, the sum over steps of
+        ``log π_k − log q_k`` (self-normalise per candidate before averaging)."""
+        if not self.family.stochastic:
+            raise ConfigError(
+                "plan.tilt < 1 needs a stochastic posterior family; this model's is deterministic"
+            )
+        _, z, log_w = self._rollout(h, actions, True, noise, False, tilt=tilt)
+        return z, log_w
+
+    def _rollout(
+        self,
+        h: Tensor,
+        actions: Tensor,
+        sample: bool,
+        noise: tuple[Tensor, Tensor] | None,
+        keep_params: bool,
+        tilt: float,
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
         params, zs = [], []
+        log_w = actions.new_zeros(actions.shape[0])
         for j in range(actions.shape[1]):
             a = actions[:, j]
             p = self.predict_params(h, a)
             z = dist = None
             if sample and self.family.stochastic and noise is not None:
                 # planning's inner loop: draw without building the distribution where the family can
-                z = self.family.sample_from_params(p, noise[0][:, j], noise[1][:, j])
+                if tilt != 1.0:
+                    drawn = self.family.tilted_sample_from_params(p, noise[0][:, j], noise[1][:, j], tilt)
+                    if drawn is not None:
+                        z, log_ratio = drawn
+                        log_w = log_w + log_ratio
+                else:
+                    z = self.family.sample_from_params(p, noise[0][:, j], noise[1][:, j])
                 if z is None:
                     dist = self.family(p)
                     z = sample_from_noise(dist, noise[0][:, j], noise[1][:, j])
@@ -472,7 +507,7 @@ class LatentWorldModel(L.LightningModule):
                 # in training, p standardised its input with batch statistics: an innovation belief
                 # recomputes its prediction with the running ones, as on observed histories
                 h = self.update_belief(h, z, a, None if self.training else p)
-        return (torch.stack(params, 1) if keep_params else None), torch.stack(zs, 1)
+        return (torch.stack(params, 1) if keep_params else None), torch.stack(zs, 1), log_w
 
     def hazard_logits(self, z: Tensor) -> Tensor:
         """Hazard logits ``[...]`` of latents ``[..., d]`` (zeros when the model has no hazard head)."""

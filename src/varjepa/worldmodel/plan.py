@@ -50,7 +50,7 @@ class PlanSettings:
         cost: planning cost (``{name: goal_hazard, hazard_weight, distance_weight, goal_obs}`` or a
             class_path to any callable ``cost(model, z [..., H, d]) -> [..., H]``).
         horizon / candidates / particles / iterations / first_iterations / noise / discount /
-            common_noise: the planning budget (the same for every row), see
+            common_noise / tilt: the planning budget (the same for every row), see
             :class:`~varjepa.worldmodel.LatentPlanner`.
         elites / momentum: CEM's elite count and refit momentum. temperature: MPPI's relative
             temperature.
@@ -73,6 +73,7 @@ class PlanSettings:
     noise: float = 0.5
     discount: float = 1.0
     common_noise: bool = True
+    tilt: float = 1.0
     elites: int = 6
     momentum: float = 0.0
     temperature: float = 0.5
@@ -84,6 +85,10 @@ class PlanSettings:
     def __post_init__(self):
         if self.episodes < 1:
             raise ConfigError(f"plan.episodes = {self.episodes}; must be >= 1")
+        if not 0 <= self.tilt <= 1:
+            raise ConfigError(
+                f"plan.tilt = {self.tilt}; must be in [0, 1] (1: no importance sampling, 0: components drawn uniformly)"
+            )
         if not 0 < self.worst_share <= 1:
             raise ConfigError(f"plan.worst_share = {self.worst_share}; must be in (0, 1]")
         for p in self.planners:
@@ -102,6 +107,7 @@ class PlanSettings:
             "noise": self.noise,
             "discount": self.discount,
             "common_noise": self.common_noise,
+            "tilt": self.tilt,
         }
         if name == "cem":
             kw["elites"] = self.elites
@@ -372,7 +378,9 @@ def write_outputs(
         f"# Planning in {env_spec['id']}\n\n{table_markdown(rows, settings.worst_share)}\n\n"
         f"Checkpoint: `{meta.get('ckpt_path')}`; {settings.episodes} episodes per row (seeds {settings.seed}–"
         f"{settings.seed + settings.episodes - 1}); budget: horizon {settings.horizon}, {settings.candidates} "
-        f"candidates × {settings.particles} particles × {settings.iterations} iterations.\n"
+        f"candidates × {settings.particles} particles × {settings.iterations} iterations"
+        + (f", importance-sampled rollouts (tilt {settings.tilt:g})" if settings.tilt < 1 else "")
+        + ".\n"
         + (f"\n{PAIRED_NOTE}\n\n{paired_markdown(paired)}\n" if paired else "")
     )
     return paired

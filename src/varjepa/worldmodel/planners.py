@@ -40,6 +40,11 @@ class LatentPlanner:
         discount: per-step discount of the costs.
         common_noise: score all candidates of a step on the same particle draws (common random
             numbers; diagonal Gaussian and mixture families, others sample independently).
+        tilt: importance sampling of the rollouts (``0 ≤ tilt ≤ 1``; 1, the default, is plain
+            sampling, 0 draws every component equally often). Each imagined step draws mixture component ``k`` with probability ``∝ π_k^tilt``
+            instead of ``π_k``, so rare components (a gust) reach more of the ``particles``, and the
+            risk measure reads the rollouts with their importance weights. A CVaR's tail is then
+            resolved by more rollouts at the same cost (families without components: no effect).
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class LatentPlanner:
         noise: float = 0.5,
         discount: float = 1.0,
         common_noise: bool = True,
+        tilt: float = 1.0,
     ):
         for name, v in (
             ("horizon", horizon),
@@ -70,6 +76,11 @@ class LatentPlanner:
             )
         if noise <= 0 or not 0 < discount <= 1:
             raise ConfigError(f"plan.noise = {noise} must be > 0 and plan.discount = {discount} in (0, 1]")
+        if not 0 <= tilt <= 1:
+            raise ConfigError(
+                f"plan.tilt = {tilt}; must be in [0, 1] (1: no importance sampling, 0: components drawn uniformly)"
+            )
+        self.tilt = float(tilt)
         self.model = model.eval()
         self.cost = cost
         self.risk: RiskMeasure = RISKS.build(risk, "plan.objectives") if not callable(risk) else risk
@@ -113,6 +124,13 @@ class LatentPlanner:
         if self.common_noise:
             eps, u = self.noise_draws
             noise = (eps[:, :H].repeat(N, 1, 1), u[:, :H].repeat(N, 1))
+        elif self.tilt < 1:  # importance sampling transforms given draws: fresh ones per rollout
+            d = self.model.hparams.latent_dim
+            noise = (torch.randn(N * P, H, d, device=seqs.device), torch.rand(N * P, H, device=seqs.device))
+        if self.tilt < 1:
+            z, log_w = self.model.imagine_tilted(hs, acts, noise, self.tilt)  # [N·P, H, d], [N·P]
+            c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
+            return self.risk((c * self._weights).sum(-1), log_w.view(N, P))
         _, z = self.model.imagine(hs, acts, noise=noise, keep_params=False)  # [N·P, H, d]
         c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
         return self.risk((c * self._weights).sum(-1))
