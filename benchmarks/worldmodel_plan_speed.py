@@ -1,7 +1,8 @@
 """Planning time per step of world-model checkpoints, measured side by side in one run.
 
 Each checkpoint plans with CEM and CVaR0.2 at the config's budget (or ``--particles`` /
-``--candidates``) from a fixed episode start on one torch thread; the time of a step is the best of
+``--candidates``; ``--tilts 1,0`` times each checkpoint with plain and importance-sampled rollouts)
+from a fixed episode start on one torch thread; the time of a step is the best of
 ``--repeats`` blocks of ``--steps`` steps (after warm-up), so machine noise inflates it least. Ratios
 between rows of one run are the numbers to quote; absolute times depend on the machine and its load.
 
@@ -11,6 +12,7 @@ between rows of one run are the numbers to quote; absolute times depend on the m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -50,6 +52,9 @@ def main() -> None:
     ap.add_argument("ckpts", nargs="+", help="NAME=checkpoint")
     ap.add_argument("--particles", type=int, default=None)
     ap.add_argument("--candidates", type=int, default=None)
+    ap.add_argument(
+        "--tilts", default="1", help="comma-separated plan.tilt values, each timed per checkpoint"
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -60,13 +65,15 @@ def main() -> None:
     budget = {k: plan[k] for k in ("horizon", "candidates", "particles", "iterations") if k in plan}
     budget.update({k: v for k, v in (("particles", args.particles), ("candidates", args.candidates)) if v})
     settings = PlanSettings(planners=["cem"], objectives=["expected"], cost=plan["cost"], **budget)
+    tilts = [float(t) for t in args.tilts.split(",")]
     rows = []
     for spec in args.ckpts:
         name, _, path = spec.rpartition("=")
-        rows.append(
-            {"name": name or path, "ckpt": path, "ms": step_ms(path, settings, args.steps, args.repeats)}
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        for tilt in tilts:
+            ms = step_ms(path, dataclasses.replace(settings, tilt=tilt), args.steps, args.repeats)
+            label = (name or path) + (f", tilt {tilt:g}" if tilt < 1 else "")
+            rows.append({"name": label, "ckpt": path, "tilt": tilt, "ms": ms})
+            print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["ms"]
     lines = [
         "# Planning time per step\n",
