@@ -389,6 +389,20 @@ def test_gusts_overlay_sets_its_recipe(capsys):
     base = yaml.safe_load(CONFIG.read_text())
     assert model["objective"] == base["model"]["init_args"]["objective"]  # the rest is the default's
     assert model["residual"] and model["detach_belief"] and model["burn_in"] == 1
+    # its plan section: importance-sampled rollouts at hazard weight 10, the budget the default's
+    from varjepa.worldmodel.plan import _parser
+
+    plan = _parser().parse_args([f"--config={CONFIG}", f"--config={overlay}", "--ckpt_path=x.ckpt"]).plan
+    assert plan.tilt == 0.0 and plan.cost == {"name": "goal_hazard", "hazard_weight": 10.0}
+    assert plan.planners == ["cem"]
+    assert plan.objectives == ["expected", {"name": "cvar", "alpha": 0.1}, {"name": "cvar", "alpha": 0.2}]
+    budget = base["plan"]
+    assert (plan.horizon, plan.candidates, plan.particles, plan.iterations) == (
+        budget["horizon"],
+        budget["candidates"],
+        budget["particles"],
+        budget["iterations"],
+    )
 
 
 @pytest.mark.slow
@@ -403,12 +417,15 @@ def test_gusts_overlay_fits_and_plans(tmp_path):
     ckpts = list((tmp_path / "runs" / "windy_point_gusts").glob("version_*/checkpoints/last.ckpt"))
     assert len(ckpts) == 1
     out = tmp_path / "plan"
-    plan = [f"--config={CONFIG}", f"--ckpt_path={ckpts[0]}", "--plan.episodes=1", "--plan.planners=[cem]"]
-    plan += ["--plan.objectives=[{name: cvar, alpha: 0.2}]", "--plan.horizon=2", "--plan.candidates=4"]
+    overlay = ROOT / "configs/worldmodel/gusts.yaml"
+    plan = [f"--config={CONFIG}", f"--config={overlay}", f"--ckpt_path={ckpts[0]}", "--plan.episodes=1"]
+    plan += ["--plan.horizon=2", "--plan.candidates=4"]
     plan += ["--plan.particles=4", "--plan.iterations=1", "--plan.elites=2", f"--plan.out={out}"]
     assert plan_main(plan) == 0
-    row = json.loads((out / "plan.json").read_text())["rows"][0]
-    assert row["objective"] == "cvar0.2" and 1 <= row["steps"] <= 60
+    rows = json.loads((out / "plan.json").read_text())["rows"]
+    assert [r["objective"] for r in rows] == ["expected", "cvar0.1", "cvar0.2"]
+    assert all(1 <= r["steps"] <= 60 for r in rows)
+    assert "importance-sampled rollouts (tilt 0)" in (out / "plan.md").read_text()
 
 
 def test_torch_threads_callback_sets_and_restores():
