@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from varjepa.distributions import POSTERIORS
+from varjepa.distributions.posteriors import component_index
 from varjepa.registry import ConfigError
 from varjepa.worldmodel import CEMPlanner, CVaR, Expected, MeanStd
 from varjepa.worldmodel.plan import PlanSettings
@@ -89,10 +90,10 @@ def test_tilted_draws_pick_components_by_the_tempered_weights_and_weight_them_ba
         assert rare.float().mean().item() == pytest.approx(
             float(q[2]), abs=4 * float((q[2] / n) ** 0.5) + 1e-3
         )
-        # each draw's log weight is log π_k − log q_k of its component
-        expected = torch.where(rare, (pi[2] / q[2]).log(), log_ratio)
-        torch.testing.assert_close(log_ratio[rare], expected[rare])
-        assert set(np.round(log_ratio.unique().numpy(), 5)) <= set(np.round((pi / q).log().numpy(), 5))
+        # each draw's component is q's inverse CDF at u, and its log weight log π_k − log q_k
+        comp = component_index(torch.log(q).expand(n, -1), u)
+        assert torch.equal(rare, comp == 2)
+        torch.testing.assert_close(log_ratio, (pi / q).log()[comp])
         # self-normalised: the weighted share of the rare event is its probability under π
         w = torch.softmax(log_ratio, 0)
         assert float((w * rare).sum()) == pytest.approx(float(pi[2]), rel=0.15)
@@ -166,21 +167,54 @@ def test_tilted_rollouts_estimate_a_rare_event_without_bias_and_with_less_spread
     assert stats.binomtest(int((jumps >= 1).sum()), 4000, 1 - (2 / 3) ** H).pvalue > 1e-4
 
 
-def test_planner_with_tilt_scores_like_plain_sampling_for_a_unimodal_family():
+def _abs_cost(model, z):
+    return z[..., 0].abs()
+
+
+@pytest.mark.parametrize("posterior", ["diag_gaussian", "flow"])
+def test_tilt_is_ignored_for_families_without_components(posterior):
     torch.manual_seed(0)
-    m = tiny_world_model()  # diagonal Gaussian: no components, zero log weights
-
-    def cost(model, z):
-        return z[..., 0].abs()
-
-    plain = CEMPlanner(m, cost, "expected", horizon=3, candidates=8, particles=4)
-    tilted = CEMPlanner(m, cost, "expected", horizon=3, candidates=8, particles=4, tilt=0.0)
+    m = tiny_world_model(posterior=posterior)
+    risk = {"name": "cvar", "alpha": 0.1}  # 0.1 · 6 particles is not whole: weighting would change it
+    plain = CEMPlanner(m, _abs_cost, risk, horizon=3, candidates=8, particles=6)
+    tilted = CEMPlanner(m, _abs_cost, risk, horizon=3, candidates=8, particles=6, tilt=0.0)
+    assert not tilted.tilted
     h = m.update_belief(m.initial_belief(1), torch.zeros(1, 4), torch.zeros(1, 2))
     seqs = torch.rand(8, 3, 2) * 2 - 1
     torch.manual_seed(3)
     plain.draw_noise()
     tilted.noise_draws = plain.noise_draws
-    torch.testing.assert_close(tilted.score(h, seqs), plain.score(h, seqs))
+    torch.manual_seed(4)
+    a = plain.score(h, seqs)
+    torch.manual_seed(4)
+    assert torch.equal(tilted.score(h, seqs), a)
+
+
+def test_tilted_planner_scores_the_weighted_rollouts_of_each_candidate():
+    """score = risk over each candidate's tilted rollouts (the same draws for every candidate) with
+    their log weights, CVaR at a share that is not a whole number of rollouts."""
+    torch.manual_seed(0)
+    m = _rare_jump_model()
+    risk = {"name": "cvar", "alpha": 0.3}
+    N, P, H = 5, 7, 4
+    p = CEMPlanner(m, _abs_cost, risk, horizon=H, candidates=N, particles=P, tilt=0.0)
+    assert p.tilted
+    h = m.update_belief(m.initial_belief(1), torch.zeros(1, 4), torch.zeros(1, 2))
+    seqs = torch.rand(N, H, 2) * 2 - 1
+    p.draw_noise()
+    got = p.score(h, seqs)
+    eps, u = p.noise_draws
+    want = []
+    for n in range(N):
+        with torch.no_grad():
+            z, log_w = m.imagine_tilted(h.expand(P, -1), seqs[n].expand(P, H, 2), (eps, u), 0.0)
+        c = z[..., 0].abs().sum(-1)  # [P]
+        assert log_w.std() > 0  # the rare component was drawn in some rollout and weighs less
+        want.append(weighted_cvar(c[None], torch.softmax(log_w, 0)[None], 0.3)[0])
+    torch.testing.assert_close(got, torch.stack(want))
+    plain = CEMPlanner(m, _abs_cost, risk, horizon=H, candidates=N, particles=P)
+    plain.noise_draws = p.noise_draws
+    assert not torch.allclose(plain.score(h, seqs), got)
 
 
 def test_tilt_outside_zero_one_is_refused():

@@ -44,7 +44,8 @@ class LatentPlanner:
             sampling, 0 draws every component equally often). Each imagined step draws mixture component ``k`` with probability ``∝ π_k^tilt``
             instead of ``π_k``, so rare components (a gust) reach more of the ``particles``, and the
             risk measure reads the rollouts with their importance weights. A CVaR's tail is then
-            resolved by more rollouts at the same cost (families without components: no effect).
+            resolved by more rollouts at the same cost. Families without components (a Gaussian, a
+            flow, a deterministic model) have nothing to tilt: the option is then ignored.
     """
 
     def __init__(
@@ -81,6 +82,8 @@ class LatentPlanner:
                 f"plan.tilt = {tilt}; must be in [0, 1] (1: no importance sampling, 0: components drawn uniformly)"
             )
         self.tilt = float(tilt)
+        #: whether rollouts are importance-sampled: tilt < 1 and a family with mixture components
+        self.tilted = self.tilt < 1 and getattr(getattr(model, "family", None), "components", 1) > 1
         self.model = model.eval()
         self.cost = cost
         self.risk: RiskMeasure = RISKS.build(risk, "plan.objectives") if not callable(risk) else risk
@@ -124,10 +127,10 @@ class LatentPlanner:
         if self.common_noise:
             eps, u = self.noise_draws
             noise = (eps[:, :H].repeat(N, 1, 1), u[:, :H].repeat(N, 1))
-        elif self.tilt < 1:  # importance sampling transforms given draws: fresh ones per rollout
+        elif self.tilted:  # importance sampling transforms given draws: fresh ones per rollout
             d = self.model.hparams.latent_dim
             noise = (torch.randn(N * P, H, d, device=seqs.device), torch.rand(N * P, H, device=seqs.device))
-        if self.tilt < 1:
+        if self.tilted:
             z, log_w = self.model.imagine_tilted(hs, acts, noise, self.tilt)  # [N·P, H, d], [N·P]
             c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
             return self.risk((c * self._weights).sum(-1), log_w.view(N, P))

@@ -50,7 +50,7 @@ def weighted_cvar(costs: Tensor, weights: Tensor, alpha: float) -> Tensor:
 @RISKS.register("expected")
 @dataclass(frozen=True)
 class Expected(RiskMeasure):
-    """Risk-neutral: the mean cost over rollouts."""
+    """Risk-neutral: the mean cost over rollouts (weighted mean with importance weights)."""
 
     name = "expected"
 
@@ -66,7 +66,9 @@ class CVaR(RiskMeasure):
     """Conditional value at risk: the mean of the worst ``alpha`` share of the rollouts' costs (at
     least one rollout, ``⌈alpha·P⌉`` of them). ``alpha = 1`` is the mean; small ``alpha`` looks only
     at the tail. With importance weights: the worst ``alpha`` of the weighted mass
-    (:func:`weighted_cvar`)."""
+    (:func:`weighted_cvar`), the boundary rollout counted in part; with equal weights that is
+    ``alpha·P`` rollouts, which reads a little further into the tail than ``⌈alpha·P⌉`` whole ones
+    when ``alpha·P`` is not a whole number."""
 
     alpha: float = 0.1
     name = "cvar"
@@ -85,7 +87,8 @@ class CVaR(RiskMeasure):
 @RISKS.register("mean_std")
 @dataclass(frozen=True)
 class MeanStd(RiskMeasure):
-    """Mean plus ``lam`` standard deviations (population std over rollouts)."""
+    """Mean plus ``lam`` standard deviations (population std over rollouts; weighted mean and std
+    with importance weights)."""
 
     lam: float = 1.0
     name = "mean_std"
@@ -99,7 +102,7 @@ class MeanStd(RiskMeasure):
             return costs.mean(-1) + self.lam * costs.std(-1, correction=0)
         w = normalized_weights(log_weights)
         mean = (w * costs).sum(-1)
-        var = (w * (costs - mean[:, None]).square()).sum(-1)
+        var = (w * (costs - mean.unsqueeze(-1)).square()).sum(-1)
         return mean + self.lam * var.sqrt()
 
 
