@@ -380,8 +380,13 @@ class Mixture(PosteriorFamily):
     def tilted_index(logits: Tensor, u: Tensor, tilt: float) -> tuple[Tensor, Tensor]:
         """Component ``k`` ``[*batch]`` drawn at ``u`` from ``q ∝ π^tilt`` (``π = softmax(logits)``,
         logits ``[*batch, K]``) and its log importance weight ``log π_k − log q_k`` ``[*batch]``."""
+        log_pi = torch.log_softmax(logits, -1)
+        K = logits.shape[-1]
+        if tilt == 0:  # uniform: k = ⌊u·K⌋, log q_k = −log K (no softmax of the proposal)
+            k = (u * K).long().clamp(0, K - 1)
+            return k, log_pi.gather(-1, k[..., None]).squeeze(-1) + math.log(K)
         k = component_index(tilt * logits, u)  # softmax(tilt·logits) = π^tilt, normalised
-        log_ratio = torch.log_softmax(logits, -1) - torch.log_softmax(tilt * logits, -1)
+        log_ratio = log_pi - torch.log_softmax(tilt * logits, -1)
         return k, log_ratio.gather(-1, k[..., None]).squeeze(-1)
 
     def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
