@@ -135,10 +135,9 @@ class PosteriorFamily(nn.Module):
         """An importance-sampled draw for rare events from head outputs ``params`` ``[*batch,
         num_params]``, ``eps ~ N(0, I)`` ``[*batch, dim]`` and ``u ~ U(0, 1)`` ``[*batch]``:
         ``(z [*batch, dim], log_ratio [*batch])``, a draw of a proposal that picks mixture component
-        ``k`` with probability ``q_k ∝ π_k^tilt``
-        (``0 ≤ tilt ≤ 1``; smaller flattens the weights, so rare components are drawn more often; 0
-        draws them uniformly)
-        and ``log π_k − log q_k``, the log importance weight that corrects for it. Families without
+        ``k`` with probability ``q_k ∝ π_k^tilt`` (``0 ≤ tilt ≤ 1``; smaller flattens the weights,
+        so rare components are drawn more often; 0 draws them uniformly) and ``log π_k − log q_k``,
+        the log importance weight that corrects for it. Families without
         components draw as :meth:`sample_from_params` with a zero log ratio; None where that has no
         transform either."""
         z = self.sample_from_params(params, eps, u)

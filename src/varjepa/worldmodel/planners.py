@@ -41,9 +41,10 @@ class LatentPlanner:
         common_noise: score all candidates of a step on the same particle draws (common random
             numbers; diagonal Gaussian and mixture families, others sample independently).
         tilt: importance sampling of the rollouts (``0 ≤ tilt ≤ 1``; 1, the default, is plain
-            sampling, 0 draws every component equally often). Each imagined step draws mixture component ``k`` with probability ``∝ π_k^tilt``
-            instead of ``π_k``, so rare components (a gust) reach more of the ``particles``, and the
-            risk measure reads the rollouts with their importance weights. A CVaR's tail is then
+            sampling, 0 draws every component equally often). Each imagined step draws mixture
+            component ``k`` with probability ``∝ π_k^tilt`` instead of ``π_k``, so rare components
+            (a gust) reach more of the ``particles``, and the risk measure reads the rollouts with
+            their importance weights (``risk(costs, log_weights)``). A CVaR's tail is then
             resolved by more rollouts at the same cost. Families without components (a Gaussian, a
             flow, a deterministic model) have nothing to tilt: the option is then ignored.
     """
