@@ -19,3 +19,13 @@ def _seed():
 def tiny():
     """Keyword arguments of a tiny VarJEPA (4x4 patch grid, 32-d latents)."""
     return {"encoder": dict(TINY_ENCODER), "predictor": dict(TINY_PREDICTOR)}
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny GRU/MLP steps: fastest, and immune to other load),
+    restored afterwards. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

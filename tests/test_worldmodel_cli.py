@@ -27,12 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/worldmodel/windy_point.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit_args(tmp: Path, steps: int = 20) -> list[str]:

@@ -42,13 +42,7 @@ SPACES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny GRU/MLP steps: one thread is fastest, and immune to other load on the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(B: int, W: int) -> dict[str, torch.Tensor]:

@@ -16,13 +16,7 @@ from varjepa.worldmodel.plan import PlanSettings
 from varjepa.worldmodel.risk import weighted_cvar
 from worldmodel_helpers import tiny_world_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------ weighted risk measures

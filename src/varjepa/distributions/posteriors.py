@@ -388,20 +388,32 @@ class Mixture(PosteriorFamily):
         log_ratio = log_pi - torch.log_softmax(tilt * logits, -1)
         return k, log_ratio.gather(-1, k[..., None]).squeeze(-1)
 
-    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+    def draw_blocks(self, params: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """Head outputs ``[*batch, num_params]`` split for drawing: a shared location ``[*batch, d]``
+        (None: the components' own locations carry it), component locations ``[*batch, K·d]``, raw
+        spreads ``[*batch, K·d]`` and logits ``[*batch, K]``."""
         k, d = self.components, self.dim
         locs, raw, logits = params.float().split([k * d, k * d, k], dim=-1)
-        loc, r = self.pick(logits, u, locs, raw)
-        return loc + self.std(r) * eps  # only the drawn component's spread is computed
+        return None, locs, raw, logits
+
+    def _draw(
+        self, params: Tensor, eps: Tensor, u: Tensor, tilt: float | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """A draw ``[*batch, d]`` at ``u`` from the weights (``tilt`` None) or from the tilted
+        proposal, with its log importance weight ``[*batch]`` (None untilted)."""
+        base, locs, raw, logits = self.draw_blocks(params)
+        idx, log_ratio = (None, None) if tilt is None else self.tilted_index(logits, u, tilt)
+        loc, r = self.pick(logits, u, locs, raw, k=idx)
+        loc = loc if base is None else base + loc
+        return loc + self.std(r) * eps, log_ratio  # only the drawn component's spread is computed
+
+    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+        return self._draw(params, eps, u, None)[0]
 
     def tilted_sample_from_params(
         self, params: Tensor, eps: Tensor, u: Tensor, tilt: float
     ) -> tuple[Tensor, Tensor]:
-        k, d = self.components, self.dim
-        locs, raw, logits = params.float().split([k * d, k * d, k], dim=-1)
-        idx, log_ratio = self.tilted_index(logits, u, tilt)
-        loc, r = self.pick(logits, u, locs, raw, k=idx)
-        return loc + self.std(r) * eps, log_ratio
+        return self._draw(params, eps, u, tilt)
 
     @staticmethod
     def _moments(dist: Distribution) -> tuple[Tensor, Tensor]:
@@ -467,22 +479,11 @@ class AnchoredMixture(Mixture):
         locs = anchor.unsqueeze(-2) + offsets.unflatten(-1, (k, d))
         return locs, self.std(raw).unflatten(-1, (k, d)), logits
 
-    def sample_from_params(self, params: Tensor, eps: Tensor, u: Tensor) -> Tensor:
+    def draw_blocks(self, params: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
         k, d = self.components, self.dim
         anchor, offsets, raw, logits = params.float().split([d, k * d, k * d, k], dim=-1)
-        offset, r = self.pick(logits, u, offsets, raw)
         base = anchor.detach() if self.detach_anchor else anchor  # as in build
-        return (base + offset) + self.std(r) * eps
-
-    def tilted_sample_from_params(
-        self, params: Tensor, eps: Tensor, u: Tensor, tilt: float
-    ) -> tuple[Tensor, Tensor]:
-        k, d = self.components, self.dim
-        anchor, offsets, raw, logits = params.float().split([d, k * d, k * d, k], dim=-1)
-        idx, log_ratio = self.tilted_index(logits, u, tilt)
-        offset, r = self.pick(logits, u, offsets, raw, k=idx)
-        base = anchor.detach() if self.detach_anchor else anchor
-        return (base + offset) + self.std(r) * eps, log_ratio
+        return base, offsets, raw, logits
 
     def mean(self, dist: Distribution) -> Tensor:
         m = self._moments(dist)[0]

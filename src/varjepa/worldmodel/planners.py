@@ -131,13 +131,15 @@ class LatentPlanner:
         elif self.tilted:  # importance sampling transforms given draws: fresh ones per rollout
             d = self.model.hparams.latent_dim
             noise = (torch.randn(N * P, H, d, device=seqs.device), torch.rand(N * P, H, device=seqs.device))
+        log_w = None
         if self.tilted:
             z, log_w = self.model.imagine_tilted(hs, acts, noise, self.tilt)  # [N·P, H, d], [N·P]
-            c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
-            return self.risk((c * self._weights).sum(-1), log_w.view(N, P))
-        _, z = self.model.imagine(hs, acts, noise=noise, keep_params=False)  # [N·P, H, d]
+        else:
+            _, z = self.model.imagine(hs, acts, noise=noise, keep_params=False)  # [N·P, H, d]
         c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
-        return self.risk((c * self._weights).sum(-1))
+        costs = (c * self._weights).sum(-1)
+        # plain rollouts call the measure as before (a user's callable may take costs only)
+        return self.risk(costs) if log_w is None else self.risk(costs, log_w.view(N, P))
 
     def optimize(self, h: Tensor, init: Tensor, iterations: int) -> Tensor:  # pragma: no cover - abstract
         """The action sequence ``[H, A]`` to follow from belief ``h``, warm-started at ``init``."""
