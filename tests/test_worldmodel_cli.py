@@ -88,10 +88,12 @@ def test_fit_logs_the_elbo_terms_and_k_step_coverage(trained):
 def test_plan_writes_table_pictures_and_events(trained, capsys):
     tmp, ckpt, _ = trained
     out = tmp / "plan"
+    torch.set_num_threads(2)  # the caller's setting, restored after planning on plan.threads
     status = plan_main(
         [
             f"--config={CONFIG}",
             f"--ckpt_path={ckpt}",
+            "--plan.threads=1",
             "--plan.episodes=2",
             "--plan.planners=[cem, mppi]",
             "--plan.objectives=[expected, {name: cvar, alpha: 0.25}]",
@@ -104,10 +106,12 @@ def test_plan_writes_table_pictures_and_events(trained, capsys):
         ]
     )
     assert status == 0
+    assert torch.get_num_threads() == 2
     printed = capsys.readouterr().out
     assert "| cem | expected |" in printed and "| mppi | cvar0.25 |" in printed
     data = json.loads((out / "plan.json").read_text())
     assert data["meta"]["env"]["id"] == "varjepa/WindyPointMass-v0"  # what the episodes ran in
+    assert data["meta"]["torch_threads"] == 1  # what they planned with
     assert [(r["planner"], r["objective"]) for r in data["rows"]] == [
         ("cem", "expected"),
         ("cem", "cvar0.25"),
@@ -389,6 +393,7 @@ def test_gusts_overlay_sets_its_recipe(capsys):
 
     plan = _parser().parse_args([f"--config={CONFIG}", f"--config={overlay}", "--ckpt_path=x.ckpt"]).plan
     assert plan.tilt == 0.0 and plan.cost == {"name": "goal_hazard", "hazard_weight": 10.0}
+    assert plan.compile is True
     assert plan.planners == ["cem"]
     assert plan.objectives == ["expected", {"name": "cvar", "alpha": 0.1}, {"name": "cvar", "alpha": 0.2}]
     budget = base["plan"]
@@ -420,7 +425,9 @@ def test_gusts_overlay_fits_and_plans(tmp_path):
     rows = json.loads((out / "plan.json").read_text())["rows"]
     assert [r["objective"] for r in rows] == ["expected", "cvar0.1", "cvar0.2"]
     assert all(1 <= r["steps"] <= 60 for r in rows)
-    assert "importance-sampled rollouts (tilt 0)" in (out / "plan.md").read_text()
+    assert all(r["compile_s"] > 0 for r in rows)  # each row's scorer compiled before its episodes
+    md = (out / "plan.md").read_text()
+    assert "importance-sampled rollouts (tilt 0)" in md and "The scorer was compiled" in md
 
 
 def test_torch_threads_callback_sets_and_restores():

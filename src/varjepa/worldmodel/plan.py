@@ -50,7 +50,7 @@ class PlanSettings:
         cost: planning cost (``{name: goal_hazard, hazard_weight, distance_weight, goal_obs}`` or a
             class_path to any callable ``cost(model, z [..., H, d]) -> [..., H]``).
         horizon / candidates / particles / iterations / first_iterations / noise / discount /
-            common_noise / tilt: the planning budget (the same for every row), see
+            common_noise / tilt / compile: the planning budget (the same for every row), see
             :class:`~varjepa.worldmodel.LatentPlanner`.
         elites / momentum: CEM's elite count and refit momentum. temperature: MPPI's relative
             temperature.
@@ -74,6 +74,7 @@ class PlanSettings:
     discount: float = 1.0
     common_noise: bool = True
     tilt: float = 1.0
+    compile: bool = False
     elites: int = 6
     momentum: float = 0.0
     temperature: float = 0.5
@@ -108,6 +109,7 @@ class PlanSettings:
             "discount": self.discount,
             "common_noise": self.common_noise,
             "tilt": self.tilt,
+            "compile": self.compile,
         }
         if name == "cem":
             kw["elites"] = self.elites
@@ -194,6 +196,19 @@ def evaluate_planners(
     for i, (pname, obj) in enumerate(combos):
         planner = build_planner(model, settings, pname, obj, env)
         risk = planner.risk
+        compile_s = None
+        if planner.compiled:  # compile before the episodes, so that no step's time holds it
+            # rows run one after another: forget the previous rows' graphs, so that many rows never
+            # reach dynamo's recompile limit (past it, a scorer would fall back to eager silently)
+            torch._dynamo.reset()
+            if progress:
+                print(
+                    f"[{i + 1}/{len(combos)}] {pname} {risk_label(risk)}: compiling the scorer "
+                    "(about a minute the first time, seconds from inductor's cache)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            compile_s = planner.warm_up()
         results = []
         t0 = time.perf_counter()
         for e in range(settings.episodes):
@@ -213,6 +228,8 @@ def evaluate_planners(
                     flush=True,
                 )
         row = {"planner": pname, "objective": risk_label(risk), **summarize(results, settings.worst_share)}
+        if compile_s is not None:
+            row["compile_s"] = compile_s
         row["episodes_detail"] = results
         rows.append(row)
     env.close()
@@ -381,6 +398,13 @@ def write_outputs(
         f"candidates × {settings.particles} particles × {settings.iterations} iterations"
         + (f", importance-sampled rollouts (tilt {settings.tilt:g})" if settings.tilt < 1 else "")
         + ".\n"
+        + (
+            "\nThe scorer was compiled (`plan.compile`) before each row's episodes: "
+            + ", ".join(f"{r['compile_s']:.0f} s" for r in rows if "compile_s" in r)
+            + " (not in plan ms/step).\n"
+            if settings.compile
+            else ""
+        )
         + (f"\n{PAIRED_NOTE}\n\n{paired_markdown(paired)}\n" if paired else "")
     )
     return paired
@@ -437,20 +461,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"varjepa plan: configuration error: {e}", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     out = Path(settings.out) if settings.out else Path(cfg.ckpt_path).resolve().parent.parent / "plan"
-    try:
-        rows = evaluate_planners(model, settings, env)
-    except ConfigError as e:
-        print(f"varjepa plan: configuration error: {e}", file=sys.stderr)
-        return 2
     meta = {
         "ckpt_path": str(cfg.ckpt_path),
         "posterior": spec_name(model.hparams.posterior),
         "torch_threads": torch.get_num_threads(),
         "env": env,  # the environment the episodes ran in (settings.env may be null: the model's)
     }
+    try:
+        rows = evaluate_planners(model, settings, env)
+    except ConfigError as e:
+        print(f"varjepa plan: configuration error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)  # an in-process caller keeps its own setting
     paired = write_outputs(rows, out, env, settings, meta)
     print(table_markdown(rows, settings.worst_share))
     if paired:
