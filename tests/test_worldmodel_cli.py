@@ -166,6 +166,9 @@ def test_summary_and_table_are_computed_from_the_episodes():
         "plan_ms": 20.0,
     }
     assert [e.outcome for e in eps] == ["success", "hazard", "timeout", "success"]
+    # tilted rollouts: the episodes' effective sample sizes are averaged too
+    tilted = [EpisodeResult(i, -20.0, True, False, 20, 10.0, ess=v) for i, v in enumerate([4.0, 7.0, 10.0])]
+    assert summarize(tilted)["ess"] == pytest.approx(7.0)
     md = table_markdown([{"planner": "cem", "objective": "expected", **s}], 0.25)
     assert (
         "| cem | expected | 0.50 | 0.25 | -42.0 | -70.0 | 29.5 | 20.0 |" in md and "worst 25 % return" in md
@@ -426,8 +429,10 @@ def test_gusts_overlay_fits_and_plans(tmp_path):
     assert [r["objective"] for r in rows] == ["expected", "cvar0.1", "cvar0.2"]
     assert all(1 <= r["steps"] <= 60 for r in rows)
     assert all(r["compile_s"] > 0 for r in rows)  # each row's scorer compiled before its episodes
+    assert all(1 <= r["ess"] <= 4 for r in rows)  # of 4 particles
     md = (out / "plan.md").read_text()
     assert "importance-sampled rollouts (tilt 0)" in md and "The scorer was compiled" in md
+    assert "Effective sample size of the tilted rollouts" in md
 
 
 def test_torch_threads_callback_sets_and_restores():

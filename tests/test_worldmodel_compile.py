@@ -91,3 +91,20 @@ def test_compile_must_be_a_boolean():
         CEMPlanner(m, _cost, compile="yes")
     assert PlanSettings(compile=True).planner_kwargs("mppi")["compile"] is True
     assert PlanSettings().planner_kwargs("cem")["compile"] is False
+
+
+def test_a_failed_compile_says_what_to_do():
+    m = tiny_world_model()
+    p = CEMPlanner(m, _cost, horizon=2, candidates=3, particles=2, compile=True)
+
+    def broken(h, seqs):  # what inductor raises on a machine without a C++ compiler
+        raise RuntimeError("Compiler: cc is not found.\nmore detail")
+
+    p._scorer = broken
+    with pytest.raises(
+        ConfigError, match=r"plan.compile = true, but .*RuntimeError: Compiler: cc is not found\.\)"
+    ):
+        p.warm_up()
+    p.compiled, p._scorer = False, broken
+    with pytest.raises(RuntimeError, match="cc is not found"):  # an eager scorer's error is not reworded
+        p.warm_up()

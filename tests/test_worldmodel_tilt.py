@@ -198,17 +198,22 @@ def test_tilted_planner_scores_the_weighted_rollouts_of_each_candidate():
     p.draw_noise()
     got = p.score(h, seqs)
     eps, u = p.noise_draws
-    want = []
+    want, ess = [], []
     for n in range(N):
         with torch.no_grad():
             z, log_w = m.imagine_tilted(h.expand(P, -1), seqs[n].expand(P, H, 2), (eps, u), 0.0)
         c = z[..., 0].abs().sum(-1)  # [P]
         assert log_w.std() > 0  # the rare component was drawn in some rollout and weighs less
-        want.append(weighted_cvar(c[None], torch.softmax(log_w, 0)[None], 0.3)[0])
+        w = torch.softmax(log_w, 0)
+        want.append(weighted_cvar(c[None], w[None], 0.3)[0])
+        ess.append(float(1 / (w.double() ** 2).sum()))
     torch.testing.assert_close(got, torch.stack(want))
+    # the planner logs the effective sample size of each scoring: unequal weights, fewer than P
+    assert p.ess == [pytest.approx(float(np.mean(ess)), rel=1e-5)] and 1 <= p.ess[0] < P
     plain = CEMPlanner(m, _abs_cost, risk, horizon=H, candidates=N, particles=P)
     plain.noise_draws = p.noise_draws
     assert not torch.allclose(plain.score(h, seqs), got)
+    assert plain.ess == []  # plain rollouts weigh equally: nothing to log
 
 
 def test_tilt_outside_zero_one_is_refused():

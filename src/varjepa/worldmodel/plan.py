@@ -130,6 +130,8 @@ class EpisodeResult:
     steps: int
     plan_ms: float
     positions: list = field(default_factory=list)
+    #: tilted rollouts: mean effective sample size per candidate over the episode's scorings
+    ess: float | None = None
 
     @property
     def outcome(self) -> str:
@@ -141,6 +143,7 @@ def run_episode(env, planner, seed: int) -> EpisodeResult:
     torch.manual_seed(seed)
     planner.reset()
     planner.step_times.clear()
+    planner.ess.clear()
     obs, info = env.reset(seed=seed)
     ret, steps, hazard, success = 0.0, 0, False, False
     pos = [info["position"].tolist()] if "position" in info else []
@@ -154,15 +157,20 @@ def run_episode(env, planner, seed: int) -> EpisodeResult:
             pos.append(info["position"].tolist())
         if term or trunc:
             break
-    return EpisodeResult(seed, ret, success, hazard, steps, 1000 * float(np.mean(planner.step_times)), pos)
+    ess = float(np.mean(planner.ess)) if planner.ess else None
+    return EpisodeResult(
+        seed, ret, success, hazard, steps, 1000 * float(np.mean(planner.step_times)), pos, ess
+    )
 
 
 def summarize(results: list[EpisodeResult], worst_share: float = 0.1) -> dict[str, float]:
     """Success and hazard-violation rates, mean return, mean of the worst ``worst_share`` returns,
-    mean steps and mean planning time per step (ms)."""
+    mean steps and mean planning time per step (ms); with tilted rollouts also their mean effective
+    sample size per candidate (``ess``)."""
     rets = np.sort(np.array([r.ret for r in results]))
     n_worst = max(1, math.ceil(worst_share * len(rets) - 1e-9))
-    return {
+    ess = [r.ess for r in results if r.ess is not None]
+    out = {
         "episodes": len(results),
         "success": float(np.mean([r.success for r in results])),
         "hazard": float(np.mean([r.hazard for r in results])),
@@ -171,6 +179,9 @@ def summarize(results: list[EpisodeResult], worst_share: float = 0.1) -> dict[st
         "steps": float(np.mean([r.steps for r in results])),
         "plan_ms": float(np.mean([r.plan_ms for r in results])),
     }
+    if ess:
+        out["ess"] = float(np.mean(ess))
+    return out
 
 
 def build_planner(model, settings: PlanSettings, name: str, objective: Any, env):
@@ -367,8 +378,9 @@ def write_outputs(
             {k: v for k, v in r.items() if k != "episodes_detail"}
             | {"episodes_detail": [asdict(d) for d in detail]}
         )
-        for k in ("success", "hazard", "return", "worst_return", "plan_ms"):
-            writer.add_scalar(f"plan/{name}/{k}", r[k], 0)
+        for k in ("success", "hazard", "return", "worst_return", "plan_ms", "ess"):
+            if k in r:
+                writer.add_scalar(f"plan/{name}/{k}", r[k], 0)
         if hasattr(env.unwrapped, "hazard") and all(d.positions for d in detail):
             fig, _ = arena_figure(
                 env,
@@ -398,6 +410,14 @@ def write_outputs(
         f"candidates × {settings.particles} particles × {settings.iterations} iterations"
         + (f", importance-sampled rollouts (tilt {settings.tilt:g})" if settings.tilt < 1 else "")
         + ".\n"
+        + (
+            f"\nEffective sample size of the tilted rollouts per candidate (of {settings.particles}), "
+            "mean over the planning steps: "
+            + ", ".join(f"{r['planner']} {r['objective']} {r['ess']:.1f}" for r in rows if "ess" in r)
+            + ".\n"
+            if any("ess" in r for r in rows)
+            else ""
+        )
         + (
             "\nThe scorer was compiled (`plan.compile`) before each row's episodes: "
             + ", ".join(f"{r['compile_s']:.0f} s" for r in rows if "compile_s" in r)

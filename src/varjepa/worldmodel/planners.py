@@ -109,6 +109,9 @@ class LatentPlanner:
         self.h = model.initial_belief(1)
         self.prev = torch.zeros(1, A, device=dev)
         self.step_times: list[float] = []
+        #: tilted rollouts: the mean over candidates of each scoring's effective sample size
+        #: ``1 / Σ w_p²`` (self-normalised weights; ``particles`` for equal weights), one per call
+        self.ess: list[float] = []
         self.compiled = compile
         self._scorer = torch.compile(self._score, dynamic=False) if compile else self._score
 
@@ -130,8 +133,12 @@ class LatentPlanner:
 
         With ``common_noise`` every candidate's particle ``p`` uses the same draws (set by
         :meth:`draw_noise` once per planning step), so candidates differ only by their actions.
-        Compiled with ``compile``."""
-        return self._scorer(h, seqs)
+        Compiled with ``compile``. Tilted rollouts also append their mean effective sample size to
+        :attr:`ess`."""
+        risk, ess = self._scorer(h, seqs)
+        if ess is not None:
+            self.ess.append(float(ess))
+        return risk
 
     def warm_up(self) -> float:
         """Score one batch of candidates at this planner's shapes, so that a ``compile``-d scorer is
@@ -140,7 +147,19 @@ class LatentPlanner:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             self.draw_noise()
-            self.score(self.model.initial_belief(1), self.plan.new_zeros(self.candidates, *self.plan.shape))
+            try:
+                self.score(
+                    self.model.initial_belief(1), self.plan.new_zeros(self.candidates, *self.plan.shape)
+                )
+            except Exception as e:
+                if not self.compiled:
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                raise ConfigError(
+                    f"plan.compile = true, but torch.compile could not compile the planner's scorer "
+                    f"({type(e).__name__}: {first}). It needs a C++ compiler (gcc or clang on the PATH); "
+                    "plan without it with plan.compile false"
+                ) from e
         return time.perf_counter() - t0
 
     @torch.no_grad()
@@ -164,7 +183,11 @@ class LatentPlanner:
         c = self.cost(self.model, z.view(N, P, H, -1))  # [N, P, H]
         costs = (c * self._weights).sum(-1)
         # plain rollouts call the measure as before (a user's callable may take costs only)
-        return self.risk(costs) if log_w is None else self.risk(costs, log_w.view(N, P))
+        if log_w is None:
+            return self.risk(costs), None
+        log_w = log_w.view(N, P)
+        ess = torch.softmax(log_w, -1).square().sum(-1).reciprocal().mean()
+        return self.risk(costs, log_w), ess
 
     def optimize(self, h: Tensor, init: Tensor, iterations: int) -> Tensor:  # pragma: no cover - abstract
         """The action sequence ``[H, A]`` to follow from belief ``h``, warm-started at ``init``."""
