@@ -107,7 +107,8 @@ def main() -> None:
         f"particles × {budget['iterations']} iterations; {args.repeats} blocks of {args.steps} steps per row, "
         f"interleaved across rows; {args.threads} torch thread(s), {platform.machine()}, torch {torch.__version__}. "
         "Best, median and worst block; the ratio is of the best blocks. Compiled rows: the one-off "
-        "compile time before the first step (not in the steps' times).\n",
+        "compile time before the first step (not in the steps' times; about 0 where an earlier row's "
+        "compiled graph served).\n",
         f"| model | best ms / step | median | worst | × {rows[0]['name']} | compile s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
