@@ -49,7 +49,7 @@ class LatentPlanner:
             flow, a deterministic model) have nothing to tilt: the option is then ignored.
         compile: score candidates with a ``torch.compile``-d :meth:`score` (inductor, static
             shapes): the rollout's many small operations are fused into a few C++ loops, which
-            makes a planning step about twice as fast on a CPU (``benchmarks/worldmodel_plan_speed.py``)
+            makes a planning step 1.4–2.2× faster on a CPU (``benchmarks/worldmodel_plan_speed.py``)
             and changes scores only by float rounding. The first call compiles (about a minute on
             2 cores; seconds once inductor's on-disk cache holds the graph): call :meth:`warm_up`
             before timing. Needs a C++ compiler.
