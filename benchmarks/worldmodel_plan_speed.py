@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "worldmodel" / "windy_point.yaml"
 
 
-class StepTimer:
+class PlanStepTimer:
     """A CEM CVaR0.2 planner of checkpoint ``ckpt`` at a fixed episode start, warmed up (and
     compiled, with ``settings.compile``; ``compile_s`` holds the seconds that took), whose
     :meth:`block` times ``steps`` planning steps."""
@@ -77,13 +77,18 @@ def main() -> None:
     budget.update({k: v for k, v in (("particles", args.particles), ("candidates", args.candidates)) if v})
     settings = PlanSettings(planners=["cem"], objectives=["expected"], cost=plan["cost"], **budget)
     tilts = [float(t) for t in args.tilts.split(",")]
-    compiles = [bool(int(c)) for c in args.compile.split(",")]
+    if any(c not in ("0", "1") for c in args.compile.split(",")):
+        raise SystemExit(f"--compile {args.compile!r}: expected 0, 1 or 0,1")
+    compiles = [c == "1" for c in args.compile.split(",")]
+    # every compiled row stays alive and shares the compiled _score: allow more variants than
+    # dynamo's default 8, past which later rows would run eager without a word
+    torch._dynamo.config.recompile_limit = 256
     rows, timers = [], []
     for spec in args.ckpts:
         name, _, path = spec.rpartition("=")
         for tilt in tilts:
             for comp in compiles:
-                timer = StepTimer(path, dataclasses.replace(settings, tilt=tilt, compile=comp))
+                timer = PlanStepTimer(path, dataclasses.replace(settings, tilt=tilt, compile=comp))
                 label = (
                     (name or path) + (f", tilt {tilt:g}" if tilt < 1 else "") + (", compiled" if comp else "")
                 )

@@ -61,6 +61,10 @@ def compare_rows(before: dict[str, Any], after: dict[str, Any], atol: float) -> 
 
 def compare_runs(before: dict[str, Any], after: dict[str, Any], atol: float) -> list[dict[str, Any]]:
     """:func:`compare_rows` for every planner × objective the two ``plan.json`` documents share."""
+    for doc, name in ((before, "before"), (after, "after")):
+        keys = [(r["planner"], r["objective"]) for r in doc["rows"]]
+        if len(set(keys)) < len(keys):
+            raise SystemExit(f"the {name} run has a planner × objective row twice: {keys}")
     rows_a = {(r["planner"], r["objective"]): r for r in after["rows"]}
     out = [
         compare_rows(r, rows_a[(r["planner"], r["objective"])], atol)

@@ -72,6 +72,10 @@ def test_runs_without_common_rows_or_episodes_are_refused(tmp_path):
         bench.main([f"{a}={b}", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="share no episode seed"):
         bench.main([f"{a}={c}", "--out", str(tmp_path / "x")])
+    doubled = tmp_path / "d.json"
+    doubled.write_text(json.dumps({"rows": 2 * json.loads(Path(a).read_text())["rows"]}))
+    with pytest.raises(SystemExit, match="the after run has a planner × objective row twice"):
+        bench.main([f"{a}={doubled}", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="expected BEFORE/plan.json=AFTER/plan.json"):
         bench.main([a, "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x.md").exists()

@@ -50,8 +50,10 @@ class PlanSettings:
         cost: planning cost (``{name: goal_hazard, hazard_weight, distance_weight, goal_obs}`` or a
             class_path to any callable ``cost(model, z [..., H, d]) -> [..., H]``).
         horizon / candidates / particles / iterations / first_iterations / noise / discount /
-            common_noise / tilt / compile: the planning budget (the same for every row), see
+            common_noise / tilt: the planning budget (the same for every row), see
             :class:`~varjepa.worldmodel.LatentPlanner`.
+        compile: score with a ``torch.compile``-d scorer (the same plans up to float rounding,
+            faster; each row compiles before its episodes), see :class:`~varjepa.worldmodel.LatentPlanner`.
         elites / momentum: CEM's elite count and refit momentum. temperature: MPPI's relative
             temperature.
         env: environment spec to plan in (default: the checkpoint's training environment).
@@ -199,6 +201,8 @@ def evaluate_planners(
 ) -> list[dict[str, Any]]:
     """Every planner × objective of ``settings`` on the same seeded episodes; one summary row each
     (with ``planner``, ``objective`` and the per-episode results under ``episodes_detail``).
+    With ``settings.compile`` each row's planner is compiled before its episodes (``compile_s``),
+    after ``torch._dynamo.reset()``, which also drops the caller's own compiled graphs.
     ``env_spec`` defaults to the model's training environment."""
     env = make_env(env_spec if env_spec is not None else model.hparams.spaces["env"])
     rows = []
@@ -412,7 +416,7 @@ def write_outputs(
         + ".\n"
         + (
             f"\nEffective sample size of the tilted rollouts per candidate (of {settings.particles}), "
-            "mean over the planning steps: "
+            "mean over each episode's scorings, then over the episodes: "
             + ", ".join(f"{r['planner']} {r['objective']} {r['ess']:.1f}" for r in rows if "ess" in r)
             + ".\n"
             if any("ess" in r for r in rows)

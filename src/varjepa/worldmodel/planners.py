@@ -47,12 +47,12 @@ class LatentPlanner:
             their importance weights (``risk(costs, log_weights)``). A CVaR's tail is then
             resolved by more rollouts at the same cost. Families without components (a Gaussian, a
             flow, a deterministic model) have nothing to tilt: the option is then ignored.
-        compile: score candidates with a ``torch.compile``-d :meth:`score` (inductor, static
-            shapes): the rollout's many small operations are fused into a few C++ loops, which
-            makes a planning step 1.4–2.2× faster on a CPU (``benchmarks/worldmodel_plan_speed.py``)
-            and changes scores only by float rounding. The first call compiles (about a minute on
-            2 cores; seconds once inductor's on-disk cache holds the graph): call :meth:`warm_up`
-            before timing. Needs a C++ compiler.
+        compile: score candidates with a ``torch.compile``-d scorer (inductor, static shapes,
+            random numbers drawn as in eager mode): the rollout's many small operations are fused
+            into a few C++ loops, which makes a planning step 1.4–2.3× faster on a CPU
+            (``benchmarks/worldmodel_plan_speed.py``) and changes scores only by float rounding.
+            The first call compiles (about a minute on 2 cores; seconds once inductor's on-disk
+            cache holds the graph): call :meth:`warm_up` before timing. Needs a C++ compiler.
     """
 
     def __init__(
@@ -113,7 +113,13 @@ class LatentPlanner:
         #: ``1 / Σ w_p²`` (self-normalised weights; ``particles`` for equal weights), one per call
         self.ess: list[float] = []
         self.compiled = compile
-        self._scorer = torch.compile(self._score, dynamic=False) if compile else self._score
+        # fallback_random: the compiled scorer draws (common_noise false) from torch's generator,
+        # as the eager one does, so that compiling changes plans by float rounding only
+        self._scorer = (
+            torch.compile(self._score, dynamic=False, options={"fallback_random": True})
+            if compile
+            else self._score
+        )
 
     def reset(self) -> None:
         """Start a new episode: empty belief, zero plan."""
@@ -128,6 +134,7 @@ class LatentPlanner:
         dev = self.plan.device
         self.noise_draws = (torch.randn(P, H, d, device=dev), torch.rand(P, H, device=dev))
 
+    @torch.no_grad()  # the compiled scorer is entered in one grad mode only (no recompile)
     def score(self, h: Tensor, seqs: Tensor) -> Tensor:
         """Risk of each candidate ``[N]`` for sequences ``[N, H, A]`` from belief ``h`` ``[1, belief]``.
 
@@ -142,28 +149,39 @@ class LatentPlanner:
 
     def warm_up(self) -> float:
         """Score one batch of candidates at this planner's shapes, so that a ``compile``-d scorer is
-        compiled before anything is timed; torch's random state is left as it was. Returns the
-        seconds it took (the compile time, for a compiled planner)."""
+        compiled before anything is timed; torch's random state (and :attr:`ess`) are left as they
+        were. Returns the seconds it took (the compile time, for a compiled planner)."""
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
+        dev = self.plan.device
+        gpus = (
+            [dev.index if dev.index is not None else torch.cuda.current_device()]
+            if dev.type == "cuda"
+            else []
+        )
+        with torch.random.fork_rng(devices=gpus):
             self.draw_noise()
             try:
                 self.score(
                     self.model.initial_belief(1), self.plan.new_zeros(self.candidates, *self.plan.shape)
                 )
+            except ConfigError:
+                raise
             except Exception as e:
                 if not self.compiled:
                     raise
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 raise ConfigError(
                     f"plan.compile = true, but torch.compile could not compile the planner's scorer "
-                    f"({type(e).__name__}: {first}). It needs a C++ compiler (gcc or clang on the PATH); "
-                    "plan without it with plan.compile false"
+                    f"({type(e).__name__}: {first}). If no C++ compiler (gcc or clang) is on the PATH, "
+                    "install one; or plan without compiling: plan.compile false"
                 ) from e
+        self.ess.clear()
         return time.perf_counter() - t0
 
     @torch.no_grad()
-    def _score(self, h: Tensor, seqs: Tensor) -> Tensor:
+    def _score(self, h: Tensor, seqs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`score`'s body (the part ``compile`` compiles): the risk ``[N]`` and, for tilted
+        rollouts, the effective sample size averaged over the candidates (a scalar; else None)."""
         N, H, A = seqs.shape
         P = self.particles
         hs = h.expand(N * P, -1)
