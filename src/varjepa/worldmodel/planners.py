@@ -49,7 +49,7 @@ class LatentPlanner:
             flow, a deterministic model) have nothing to tilt: the option is then ignored.
         compile: score candidates with a ``torch.compile``-d scorer (inductor, static shapes,
             random numbers drawn as in eager mode): the rollout's many small operations are fused
-            into a few C++ loops, which makes a planning step 1.4–2.3× faster on a CPU
+            into a few C++ loops, which makes a planning step 1.3–2.7× faster on a CPU
             (``benchmarks/worldmodel_plan_speed.py``) and changes scores only by float rounding.
             The first call compiles (about a minute on 2 cores; seconds once inductor's on-disk
             cache holds the graph): call :meth:`warm_up` before timing. Needs a C++ compiler.
