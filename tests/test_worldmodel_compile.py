@@ -41,7 +41,7 @@ def _innovation_mixture_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tilt, common_noise", [(0.0, True), (1.0, True), (0.0, False)])
+@pytest.mark.parametrize("tilt, common_noise", [(0.0, True), (1.0, True), (0.0, False), (1.0, False)])
 def test_compiled_planner_scores_and_acts_as_the_eager_one(tilt, common_noise):
     m = _innovation_mixture_model()
     kw = dict(risk={"name": "cvar", "alpha": 0.25}, horizon=3, candidates=6, particles=4, iterations=2)
