@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..registry import ConfigError, Registry
-from .risk import RISKS, RiskMeasure
+from .risk import RISKS, RiskMeasure, normalized_weights
 
 PLANNERS: Registry = Registry("planner", "plan.planners")
 
@@ -204,7 +204,7 @@ class LatentPlanner:
         if log_w is None:
             return self.risk(costs), None
         log_w = log_w.view(N, P)
-        ess = torch.softmax(log_w, -1).square().sum(-1).reciprocal().mean()
+        ess = normalized_weights(log_w).square().sum(-1).reciprocal().mean()
         return self.risk(costs, log_w), ess
 
     def optimize(self, h: Tensor, init: Tensor, iterations: int) -> Tensor:  # pragma: no cover - abstract
