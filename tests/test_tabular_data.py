@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from varjepa.registry import ConfigError
 from varjepa.tabular import (
@@ -77,6 +77,39 @@ def test_scaler_fitted_on_train_only_matches_sklearn():
         )
     v_test, _ = pre.transform(test)
     assert v_test[:, 0].mean() > 2.0  # the shift is visible: not re-standardised on test
+
+
+def test_quantile_scaling_maps_training_ranks_to_normal_scores():
+    from scipy.stats import norm, skew
+
+    train, test = frame(50, 0), frame(30, 1)
+    pre = TablePreprocessor(target="label", scale="quantile").fit(train)
+    values, _ = pre.transform(train)
+    n = len(train)
+    for j, name in enumerate(("age", "income")):
+        rank = train[name].rank().to_numpy() - 1  # 0 … n-1 (values are distinct)
+        expected = norm.ppf(np.clip(rank / (n - 1), 1e-7, 1 - 1e-7))
+        np.testing.assert_allclose(values[:, j], expected, atol=1e-5)
+    assert abs(skew(values[:, 1])) < 0.1 < skew(train["income"])  # the log-normal tail is gone
+    assert values[:, 2].tolist() == [{"oslo": 0, "paris": 1, "rome": 2}[c] for c in train.city]
+    # test rows: the training quantiles, monotone, clipped at the training range
+    test.loc[0, "income"] = train["income"].max() * 10
+    test.loc[1, "income"] = train["income"].min() / 10
+    v_test, _ = pre.transform(test)
+    assert v_test[0, 1] == pytest.approx(norm.ppf(1 - 1e-7), abs=1e-4)
+    assert v_test[1, 1] == pytest.approx(norm.ppf(1e-7), abs=1e-4)
+    order = np.argsort(test["age"].to_numpy())
+    assert np.all(np.diff(v_test[order, 0]) >= 0)
+    dm = TabularDataModule(dataset="breast_cancer", scale="quantile", seed=3)  # the option reaches the table
+    dm.setup()
+    cols = [c for c in dm.frames["train"].columns if c != "target"]
+    ref = QuantileTransformer(
+        n_quantiles=len(dm.frames["train"]), output_distribution="normal", subsample=None
+    )
+    ref.fit(dm.frames["train"][cols].to_numpy())
+    np.testing.assert_allclose(
+        dm.arrays["test"][0], ref.transform(dm.frames["test"][cols].to_numpy()), atol=1e-5
+    )
 
 
 def test_datamodule_scaler_uses_only_its_training_rows(tmp_path):

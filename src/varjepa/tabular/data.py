@@ -1,8 +1,9 @@
 """Tables for Var-T-JEPA: CSV / Parquet files or the embedded scikit-learn sets.
 
 :class:`TablePreprocessor` turns a ``pandas.DataFrame`` into one float32 matrix ``[N, F]`` in
-which numeric features are standardised with statistics of the *training split only* and
-categorical features hold their integer level codes (exact small integers). Column types are
+which numeric features are scaled with statistics of the *training split only* (standardised, or
+mapped through the training quantiles to a standard normal) and categorical features hold their
+integer level codes (exact small integers). Column types are
 declared or inferred; missing values either stop the run naming the row and column
 (``missing="error"``) or are imputed with training statistics (``missing="impute"``: median for
 numeric, most frequent level for categorical). Every bad input raises :class:`TabularDataError`
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import QuantileTransformer
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..data.base import IndexedDataset, JEPADataModule
@@ -34,6 +36,7 @@ from .masking import FeatureMasking
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 _MASK_STREAM = 0x7461626D  # separates tabular mask seeds from other streams of the same key
 EMBEDDED = ("breast_cancer", "wine", "digits")
+SCALES = ("standard", "quantile", "none")
 
 
 class TabularDataError(ConfigError):
@@ -100,7 +103,10 @@ class TablePreprocessor:
         missing: ``"error"`` or ``"impute"``.
         unseen_levels: a categorical level absent from the training split: ``"error"`` or
             ``"other"`` (a reserved code).
-        scale: ``"standard"`` (training mean / std) or ``"none"``.
+        scale: ``"standard"`` (training mean / std), ``"quantile"`` (each numeric column mapped
+            through its training quantiles to a standard normal, as in Gorishniy et al.'s tabular
+            transformers: heavy tails and skew no longer dominate the per-feature linear
+            embedding) or ``"none"``.
         source: file name used in error messages (rows are also given as file lines for CSV).
     """
 
@@ -119,8 +125,8 @@ class TablePreprocessor:
             raise ConfigError(f"data.missing = {missing!r}; allowed: error, impute")
         if unseen_levels not in ("error", "other"):
             raise ConfigError(f"data.unseen_levels = {unseen_levels!r}; allowed: error, other")
-        if scale not in ("standard", "none"):
-            raise ConfigError(f"data.scale = {scale!r}; allowed: standard, none")
+        if scale not in SCALES:
+            raise ConfigError(f"data.scale = {scale!r}; allowed: {', '.join(SCALES)}")
         both = set(numeric or ()) & set(categorical or ())
         if both:
             raise ConfigError(f"data: column(s) {sorted(both)} are declared both numeric and categorical")
@@ -219,7 +225,7 @@ class TablePreprocessor:
         self.kinds = [k for _, k in kinds]
         levels: dict[str, list[str]] = {}
         self.fill: dict[str, Any] = {}
-        mean, std = [], []
+        mean, std, numeric = [], [], []
         for name, kind in kinds:
             col = train[name]
             miss = col.isna().to_numpy()
@@ -234,6 +240,7 @@ class TablePreprocessor:
                     )
                 self.fill[name] = float(np.median(ok))
                 v = np.where(np.isnan(v), self.fill[name], v)
+                numeric.append(v)
                 m, s = float(v.mean()), float(v.std())
                 mean.append(m)
                 std.append(s if s > 0 else 1.0)
@@ -248,6 +255,12 @@ class TablePreprocessor:
                 self.fill[name] = str(vals[np.argmax(counts)])
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
+        self.quantiles: QuantileTransformer | None = None
+        if self.scale == "quantile" and numeric:
+            cols = np.stack(numeric, 1)
+            self.quantiles = QuantileTransformer(
+                n_quantiles=min(1000, len(cols)), output_distribution="normal", subsample=None
+            ).fit(cols)
         classes: list[str] = []
         if self.target:
             lab = train[self.target]
@@ -268,6 +281,8 @@ class TablePreprocessor:
         if missing:
             raise TabularDataError(f"column(s) {missing} of the training table are absent. Fix: add them.")
         out = np.zeros((len(df), len(self.names)), dtype=np.float32)
+        numeric_cols = [j for j, kind in enumerate(self.kinds) if kind == NUMERIC]
+        numeric = np.zeros((len(df), len(numeric_cols)), dtype=np.float64)
         j_num = 0
         for j, (name, kind) in enumerate(zip(self.names, self.kinds, strict=True)):
             col = df[name]
@@ -276,10 +291,7 @@ class TablePreprocessor:
                 self._missing_error(df, name, miss)
             if kind == NUMERIC:
                 v = self._numeric(df, name)
-                v = np.where(np.isnan(v), self.fill[name], v)
-                if self.scale == "standard":
-                    v = (v - self.mean[j_num]) / self.std[j_num]
-                out[:, j] = v
+                numeric[:, j_num] = np.where(np.isnan(v), self.fill[name], v)
                 j_num += 1
             else:
                 levels = self.schema.levels[name]
@@ -299,6 +311,8 @@ class TablePreprocessor:
                         c = len(levels)
                     codes[i] = c
                 out[:, j] = codes
+        if numeric_cols:
+            out[:, numeric_cols] = self._scale(numeric)
         labels = np.full(len(df), -1, dtype=np.int64)
         if self.target:
             lab = df[self.target]
@@ -315,6 +329,14 @@ class TablePreprocessor:
                     )
                 labels[i] = c
         return out, labels
+
+    def _scale(self, numeric: np.ndarray) -> np.ndarray:
+        """Numeric columns ``[N, F_num]`` (imputed) scaled as fitted."""
+        if self.scale == "standard":
+            return (numeric - self.mean) / self.std
+        if self.scale == "quantile":
+            return self.quantiles.transform(numeric)
+        return numeric
 
 
 def one_hot_features(values: np.ndarray, schema: TableSchema) -> np.ndarray:
@@ -481,7 +503,7 @@ class TabularDataModule(FeatureDataModule):
         drop: columns to ignore (e.g. ids).
         missing: ``"error"`` (stop naming row and column) or ``"impute"``.
         unseen_levels: categorical level absent from training: ``"error"`` or ``"other"``.
-        scale: ``"standard"`` (fitted on the training split only) or ``"none"``.
+        scale: ``"standard"`` or ``"quantile"`` (fitted on the training split only), or ``"none"``.
         test_path: optional separate test file (else a stratified ``test_fraction`` split).
         test_fraction / val_fraction / seed: seeded (stratified when labelled) splits.
         batch_size, num_workers, predict_split, val_mask_seed: as in :class:`JEPADataModule`.
