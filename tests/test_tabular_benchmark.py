@@ -66,3 +66,16 @@ def test_table_rows_from_cache_scores_embedding_and_raw_as_evaluate_features(cac
     assert res["train_seconds"] == 12.5
     # the toy embedding is weaker than the toy raw features: logreg accuracy reflects it
     assert res["raw"]["logreg"]["acc@100"] > res["embedding"]["logreg"]["acc@100"]
+
+
+def test_markdown_reports_the_paired_difference_with_its_exact_interval(cache, monkeypatch):
+    from varjepa.eval.paired import paired_difference_ci
+
+    monkeypatch.setattr(bench, "fit", lambda *a, **k: pytest.fail("trained despite the cache"))
+    res = bench.table_rows("toy", 3)
+    md = bench.markdown({"seeds": [3, 4], "tables": {"toy": [res, res]}})  # two seeds' rows summed
+    a, b = 2 * res["paired"]["logreg"]["raw_only"], 2 * res["paired"]["logreg"]["embedding_only"]
+    d, lo, hi = (100 * v for v in paired_difference_ci(a, b, 60))
+    assert lo < d < hi and d == pytest.approx(100 * (b - a) / 60)
+    assert f"| logreg | {a} | {b} | {b - a:+d} |" in md
+    assert f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] |" in md
