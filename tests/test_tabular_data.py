@@ -100,6 +100,12 @@ def test_quantile_scaling_maps_training_ranks_to_normal_scores():
     assert v_test[1, 1] == pytest.approx(norm.ppf(1e-7), abs=1e-4)
     order = np.argsort(test["age"].to_numpy())
     assert np.all(np.diff(v_test[order, 0]) >= 0)
+    flat = train.assign(age=7.0)  # a constant training column is centred, not sent to the bound
+    pre = TablePreprocessor(target="label", scale="quantile").fit(flat)
+    v_flat, _ = pre.transform(test.assign(age=[7.0, 9.0] + [7.0] * (len(test) - 2)))
+    assert v_flat[:3, 0].tolist() == [0.0, 2.0, 0.0]
+    one, _ = TablePreprocessor(target="label", scale="quantile").fit(train[:1]).transform(train[:1])
+    assert one[0, :2].tolist() == [0.0, 0.0]
     dm = TabularDataModule(dataset="breast_cancer", scale="quantile", seed=3)  # the option reaches the table
     dm.setup()
     cols = [c for c in dm.frames["train"].columns if c != "target"]

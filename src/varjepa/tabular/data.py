@@ -106,7 +106,7 @@ class TablePreprocessor:
         scale: ``"standard"`` (training mean / std), ``"quantile"`` (each numeric column mapped
             through its training quantiles to a standard normal, as in Gorishniy et al.'s tabular
             transformers: heavy tails and skew no longer dominate the per-feature linear
-            embedding) or ``"none"``.
+            embedding; a column constant in training is centred instead) or ``"none"``.
         source: file name used in error messages (rows are also given as file lines for CSV).
     """
 
@@ -261,6 +261,7 @@ class TablePreprocessor:
             self.quantiles = QuantileTransformer(
                 n_quantiles=min(1000, len(cols)), output_distribution="normal", subsample=None
             ).fit(cols)
+            self.flat = np.ptp(cols, 0) == 0
         classes: list[str] = []
         if self.target:
             lab = train[self.target]
@@ -335,7 +336,10 @@ class TablePreprocessor:
         if self.scale == "standard":
             return (numeric - self.mean) / self.std
         if self.scale == "quantile":
-            return self.quantiles.transform(numeric)
+            out = self.quantiles.transform(numeric)
+            flat = self.flat  # constant in training: centred as by the standard scaler, not sent to -5.2
+            out[:, flat] = (numeric[:, flat] - self.mean[flat]) / self.std[flat]
+            return out
         return numeric
 
 
