@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -32,6 +33,7 @@ def test_cv_probe_picks_the_best_cross_validated_c():
     best = max(PROBE_CS, key=lambda c: (scores[c], -PROBE_CS.index(c)))  # ties: first, as GridSearchCV
     clf = fit_linear_probe(x, y, "cv")
     assert best == clf[-1].C
+    assert clf.cv_accuracy_ == pytest.approx(scores[best])  # the selection score is recorded
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=best, max_iter=5000)).fit(x, y).score(xt, yt)
     assert linear_probe(x, y, xt, yt) == ref
 

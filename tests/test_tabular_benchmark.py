@@ -79,3 +79,33 @@ def test_markdown_reports_the_paired_difference_with_its_exact_interval(cache, m
     assert lo < d < hi and d == pytest.approx(100 * (b - a) / 60)
     assert f"| logreg | {a} | {b} | {b - a:+d} |" in md
     assert f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] |" in md
+    cv_raw, cv_emb = res["raw"]["logreg"]["cv_accuracy"], res["embedding"]["logreg"]["cv_accuracy"]
+    assert 0.5 < cv_emb <= 1.0 and 0.5 < cv_raw <= 1.0  # both learn something in cross-validation
+    assert f"raw {cv_raw:.3f} ± 0.000, embedding {cv_emb:.3f} ± 0.000." in md
+
+
+def test_set_overrides_reach_the_fit_and_are_cached_apart(tmp_path, monkeypatch):
+    assert bench.override_args(["data.init_args.scale=quantile", "a.b=x=y"]) == [
+        "--data.init_args.scale",
+        "quantile",
+        "--a.b",
+        "x=y",
+    ]
+    for bad in ("scale", "=3", "--data.scale=1"):
+        with pytest.raises(SystemExit, match="KEY=VALUE"):
+            bench.override_args([bad])
+    monkeypatch.setattr(bench, "CACHE", [tmp_path])
+    plain = bench.cache_name("toy", 3)
+    monkeypatch.setattr(bench, "OVERRIDES", ["data.init_args.scale=quantile"])
+    assert bench.cache_name("toy", 3) != plain and bench.cache_name("toy", 3).startswith("toy_seed3_")
+    seen = {}
+
+    def fake_fit(config, seed, extra):
+        seen["extra"] = list(extra)
+        raise RuntimeError("stop after the arguments")
+
+    monkeypatch.setattr(bench, "fit", fake_fit)
+    with pytest.raises(RuntimeError, match="stop after"):
+        bench.table_arrays("toy", 3)  # no cache file for these overrides: it trains
+    assert seen["extra"][-2:] == ["--data.init_args.scale", "quantile"]
+    assert seen["extra"][:2] == ["--data.init_args.seed", "3"]

@@ -48,8 +48,8 @@ def fit_linear_probe(
 
     ``C="cv"`` picks the inverse regularisation strength from ``cs`` (default :data:`PROBE_CS`) by
     stratified 5-fold cross-validation on the training data only (standard linear evaluation),
-    repeated ``repeats`` times with fresh folds (fewer folds if a class is smaller); a number
-    fixes it.
+    repeated ``repeats`` times with fresh folds (fewer folds if a class is smaller), and records
+    the mean held-out-fold accuracy at that ``C`` as ``cv_accuracy_``; a number fixes ``C``.
     """
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     if C != "cv":
@@ -62,7 +62,9 @@ def fit_linear_probe(
     else:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     search = GridSearchCV(clf, {"logisticregression__C": list(cs)}, cv=cv, n_jobs=-1)  # folds in parallel
-    return search.fit(x_train, y_train).best_estimator_
+    best = search.fit(x_train, y_train).best_estimator_
+    best.cv_accuracy_ = float(search.best_score_)  # mean held-out-fold accuracy at the chosen C
+    return best
 
 
 def linear_probe(

@@ -88,6 +88,8 @@ def evaluate_features(
     withheld by the model's own confidence; with ``extra_uncertainty`` ``[M]`` (one score per test
     row) also ``{"sel_model@90": ..}`` etc., rows withheld by that score instead; a dict
     ``{name: [M]}`` gives ``{"sel_<name>@90": ..}`` etc. for each score (one fit per model).
+    Logistic regression also reports ``"cv_accuracy"``, its cross-validated accuracy on the
+    training rows at the chosen ``C`` (a selection score that never touches the test rows).
     With ``keep_correct`` also ``{"correct": [M] bool array}`` (for paired comparisons).
     """
     if extra_uncertainty is not None and not isinstance(extra_uncertainty, dict):
@@ -105,6 +107,8 @@ def evaluate_features(
             res.update(
                 {k.replace("acc@", f"sel_{key}@"): v for k, v in alt.items() if not k.endswith("@100")}
             )
+        if hasattr(clf, "cv_accuracy_"):  # logistic regression: its cross-validated training accuracy
+            res["cv_accuracy"] = clf.cv_accuracy_
         if keep_correct:
             res["correct"] = correct
         out[name] = res
