@@ -33,6 +33,7 @@ test scores: it is the score to choose between configs by, since it never sees t
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -107,6 +108,8 @@ def override_args(pairs: list[str]) -> list[str]:
         key, eq, value = p.partition("=")
         if not eq or not key.strip() or key.startswith("-"):
             raise SystemExit(f"--set {p!r}: expected KEY=VALUE, e.g. data.init_args.scale=quantile")
+        if key.strip() in ("data.init_args.seed", "seed_everything"):
+            raise SystemExit(f"--set {p!r}: the seeds come from --seeds (model and split alike)")
         out += [f"--{key.strip()}", value]
     return out
 
@@ -122,12 +125,24 @@ def cache_name(name: str, seed: int) -> str:
 CACHED = ("embedding", "label", "raw", "predictive_std", "posterior_std")
 
 
+def raw_features(dm, split: str) -> np.ndarray:
+    """The raw-feature baseline of ``split`` ``[N, F']``: numeric columns standardised with the
+    training rows' mean / std, categorical ones one-hot — whatever ``data.scale`` the run used, so
+    a ``--set data.init_args.scale=…`` candidate is compared with the same baseline."""
+    from varjepa.tabular import one_hot_features
+
+    pre = copy.copy(dm.preprocessor)
+    pre.scale = "standard"  # mean / std are fitted whatever the scale
+    values, _ = pre.transform(dm.frames[split])
+    return one_hot_features(values, dm.schema)
+
+
 def table_arrays(name: str, seed: int) -> tuple[dict, dict, float]:
     """Train on table ``name`` with ``seed`` and return the train and test splits' arrays
     (``embedding``, ``label``, ``raw`` = one-hot raw features, ``predictive_std``,
     ``posterior_std``) and the training seconds; with ``--cache`` they are read from / written to
-    ``<cache>/<name>_seed<seed>.npz`` (delete the file after changing the config)."""
-    from varjepa.tabular import extract, one_hot_features
+    ``<cache>/<cache_name>`` (delete the file after changing the config file itself)."""
+    from varjepa.tabular import extract
 
     path = CACHE[0] / cache_name(name, seed) if CACHE and not QUICK else None
     if path is not None and path.exists():
@@ -141,8 +156,9 @@ def table_arrays(name: str, seed: int) -> tuple[dict, dict, float]:
     train_s = time.time() - t
     dm = cli.datamodule
     split = {s: extract(cli.model, dm.plain_dataloader(s)) for s in ("train", "test")}
-    for d in split.values():
-        d["raw"] = one_hot_features(d.pop("values"), dm.schema)
+    for s, d in split.items():
+        d.pop("values")
+        d["raw"] = raw_features(dm, s)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {f"{s}_{k}": split[s][k] for s in split for k in CACHED}
@@ -194,16 +210,14 @@ def mean_over(runs: list[dict], *path) -> tuple[float, float]:
     return float(np.mean(vals)), float(np.std(vals))
 
 
-def fmt(m: float, s: float, n: int) -> str:
-    return f"{m:.3f}" if n == 1 else f"{m:.3f} ± {s:.3f}"
+def fmt(m: float, s: float, n: int, digits: int = 3) -> str:
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def markdown(res: dict) -> str:
     from varjepa.eval.paired import mcnemar_exact, paired_difference_ci
 
     out = ["# Var-T-JEPA benchmark", ""]
-    if res.get("overrides"):
-        out += ["Config overrides (`--set`): " + ", ".join(f"`{o}`" for o in res["overrides"]), ""]
     seeds = res["seeds"]
     n = len(seeds)
     if "sim" in res:
@@ -230,7 +244,14 @@ def markdown(res: dict) -> str:
             "Accuracy on the test rows kept at each coverage (the least confident rows withheld, by the "
             "downstream model's max class probability). Each seed has its own stratified split and model; "
             "logistic regression picks C in 1e-4…1e2 by 2×5-fold CV on the training rows (raw and "
-            "embedding alike).",
+            "embedding alike)."
+            + (
+                " Config overrides of these fits (`--set`): "
+                + ", ".join(f"`{o}`" for o in res["overrides"])
+                + "; the raw features stay standardised."
+                if res.get("overrides")
+                else ""
+            ),
             "",
             "| features | model | acc@100 | acc@90 | acc@80 | acc@50 |",
             "|---|---|---:|---:|---:|---:|",
@@ -244,9 +265,8 @@ def markdown(res: dict) -> str:
                 "",
                 f"Paired, per model: test rows (of {r0['test_rows']} per seed, summed over seeds) only the "
                 "raw features / only the embedding classify correctly, the exact two-sided McNemar "
-                "p-value of the difference, and the accuracy difference in points with its exact 95 % "
-                "interval (Clopper–Pearson on the discordant rows; its lower end bounds how much worse "
-                "the embedding can be).",
+                "p-value of the difference, and the accuracy difference in points with its 95 % "
+                "interval (Tango's score interval for paired proportions).",
                 "",
                 "| model | raw only | embedding only | embedding − raw (rows) | McNemar p | difference, 95 % CI (points) |",
                 "|---|---:|---:|---:|---:|---:|",
@@ -272,7 +292,7 @@ def markdown(res: dict) -> str:
             cells = [fmt(*mean_over(runs, "embedding", "logreg", f"{key}@{c}"), n) for c in (90, 80, 50)]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         if all("cv_accuracy" in r[f]["logreg"] for r in runs for f in ("raw", "embedding")):
-            cells = [fmt(*mean_over(runs, f, "logreg", "cv_accuracy"), n) for f in ("raw", "embedding")]
+            cells = [fmt(*mean_over(runs, f, "logreg", "cv_accuracy"), n, 4) for f in ("raw", "embedding")]
             out += [
                 "",
                 "Logistic regression's cross-validated accuracy on the training rows at its chosen C "

@@ -76,12 +76,12 @@ def test_markdown_reports_the_paired_difference_with_its_exact_interval(cache, m
     md = bench.markdown({"seeds": [3, 4], "tables": {"toy": [res, res]}})  # two seeds' rows summed
     a, b = 2 * res["paired"]["logreg"]["raw_only"], 2 * res["paired"]["logreg"]["embedding_only"]
     d, lo, hi = (100 * v for v in paired_difference_ci(a, b, 60))
-    assert lo < d < hi and d == pytest.approx(100 * (b - a) / 60)
+    assert lo <= d <= hi and d == pytest.approx(100 * (b - a) / 60)
     assert f"| logreg | {a} | {b} | {b - a:+d} |" in md
     assert f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] |" in md
     cv_raw, cv_emb = res["raw"]["logreg"]["cv_accuracy"], res["embedding"]["logreg"]["cv_accuracy"]
     assert 0.5 < cv_emb <= 1.0 and 0.5 < cv_raw <= 1.0  # both learn something in cross-validation
-    assert f"raw {cv_raw:.3f} ± 0.000, embedding {cv_emb:.3f} ± 0.000." in md
+    assert f"raw {cv_raw:.4f} ± 0.0000, embedding {cv_emb:.4f} ± 0.0000." in md
 
 
 def test_set_overrides_reach_the_fit_and_are_cached_apart(tmp_path, monkeypatch):
@@ -94,6 +94,8 @@ def test_set_overrides_reach_the_fit_and_are_cached_apart(tmp_path, monkeypatch)
     for bad in ("scale", "=3", "--data.scale=1"):
         with pytest.raises(SystemExit, match="KEY=VALUE"):
             bench.override_args([bad])
+    with pytest.raises(SystemExit, match="--seeds"):
+        bench.override_args(["data.init_args.seed=4"])
     monkeypatch.setattr(bench, "CACHE", [tmp_path])
     plain = bench.cache_name("toy", 3)
     monkeypatch.setattr(bench, "OVERRIDES", ["data.init_args.scale=quantile"])
@@ -109,3 +111,16 @@ def test_set_overrides_reach_the_fit_and_are_cached_apart(tmp_path, monkeypatch)
         bench.table_arrays("toy", 3)  # no cache file for these overrides: it trains
     assert seen["extra"][-2:] == ["--data.init_args.scale", "quantile"]
     assert seen["extra"][:2] == ["--data.init_args.seed", "3"]
+
+
+def test_raw_baseline_stays_standardised_under_a_scale_override():
+    from varjepa.tabular import TabularDataModule
+
+    quant = TabularDataModule(dataset="breast_cancer", scale="quantile", seed=1)
+    quant.setup()
+    std = TabularDataModule(dataset="breast_cancer", seed=1)
+    std.setup()
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(bench.raw_features(quant, split), std.arrays[split][0])
+    assert not np.allclose(quant.arrays["test"][0], std.arrays["test"][0])  # the model's input did change
+    assert quant.preprocessor.scale == "quantile"  # the datamodule's own preprocessor is untouched

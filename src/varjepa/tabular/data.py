@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import ndtri
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import QuantileTransformer
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..data.base import IndexedDataset, JEPADataModule
@@ -91,6 +91,40 @@ def _level(v: Any) -> str:
     return str(v)
 
 
+class NormalScores:
+    """Each column through its training distribution to a standard normal: a value seen in
+    training becomes ``Φ⁻¹((#smaller + #equal / 2) / N)`` (the mid-rank, so tied values share
+    one score and a column that is 0 in 30 % of the rows maps its zeros to ``Φ⁻¹(0.15)``, not to
+    an extreme), values between training values are interpolated linearly in that probability,
+    and values outside the training range take the end scores (at most ``Φ⁻¹(1 − 1/2N)``). A
+    constant column maps to 0. ``fit(x [N, F])``, ``transform(x [M, F]) -> [M, F]`` float64.
+
+    Unlike scikit-learn's ``QuantileTransformer``, ties and the training minimum / maximum do not
+    land on ±5.2 (its probability bounds), which on zero-inflated columns (most digits pixels)
+    would turn half the values into outliers.
+    """
+
+    def fit(self, x: np.ndarray) -> NormalScores:
+        """Learn each column's distinct training values and their mid-rank probabilities."""
+        x = np.asarray(x, dtype=np.float64)
+        self.points: list[tuple[np.ndarray, np.ndarray]] = []
+        for col in x.T:
+            values, counts = np.unique(col, return_counts=True)
+            below = np.cumsum(counts) - counts
+            self.points.append((values, (below + counts / 2) / len(col)))
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Normal scores of ``x`` ``[M, F]`` (columns in the fitted order)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[1] != len(self.points):
+            raise ValueError(f"NormalScores: fitted on {len(self.points)} columns, got {x.shape[1]}")
+        out = np.empty_like(x)
+        for j, (values, prob) in enumerate(self.points):
+            out[:, j] = ndtri(np.interp(x[:, j], values, prob))
+        return out
+
+
 class TablePreprocessor:
     """Column typing, categorical encoding, imputation and scaling, fitted on the training split.
 
@@ -103,10 +137,9 @@ class TablePreprocessor:
         missing: ``"error"`` or ``"impute"``.
         unseen_levels: a categorical level absent from the training split: ``"error"`` or
             ``"other"`` (a reserved code).
-        scale: ``"standard"`` (training mean / std), ``"quantile"`` (each numeric column mapped
-            through its training quantiles to a standard normal, as in Gorishniy et al.'s tabular
-            transformers: heavy tails and skew no longer dominate the per-feature linear
-            embedding; a column constant in training is centred instead) or ``"none"``.
+        scale: ``"standard"`` (training mean / std), ``"quantile"`` (each numeric column through
+            its training distribution to a standard normal, :class:`NormalScores`: heavy tails
+            and skew no longer dominate the per-feature linear embedding) or ``"none"``.
         source: file name used in error messages (rows are also given as file lines for CSV).
     """
 
@@ -255,13 +288,9 @@ class TablePreprocessor:
                 self.fill[name] = str(vals[np.argmax(counts)])
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
-        self.quantiles: QuantileTransformer | None = None
-        if self.scale == "quantile" and numeric:
-            cols = np.stack(numeric, 1)
-            self.quantiles = QuantileTransformer(
-                n_quantiles=min(1000, len(cols)), output_distribution="normal", subsample=None
-            ).fit(cols)
-            self.flat = np.ptp(cols, 0) == 0
+        self.quantiles = (
+            NormalScores().fit(np.stack(numeric, 1)) if self.scale == "quantile" and numeric else None
+        )
         classes: list[str] = []
         if self.target:
             lab = train[self.target]
@@ -336,10 +365,7 @@ class TablePreprocessor:
         if self.scale == "standard":
             return (numeric - self.mean) / self.std
         if self.scale == "quantile":
-            out = self.quantiles.transform(numeric)
-            flat = self.flat  # constant in training: centred as by the standard scaler, not sent to -5.2
-            out[:, flat] = (numeric[:, flat] - self.mean[flat]) / self.std[flat]
-            return out
+            return self.quantiles.transform(numeric)
         return numeric
 
 

@@ -89,7 +89,8 @@ def evaluate_features(
     row) also ``{"sel_model@90": ..}`` etc., rows withheld by that score instead; a dict
     ``{name: [M]}`` gives ``{"sel_<name>@90": ..}`` etc. for each score (one fit per model).
     Logistic regression also reports ``"cv_accuracy"``, its cross-validated accuracy on the
-    training rows at the chosen ``C`` (a selection score that never touches the test rows).
+    training rows at the chosen ``C`` (a selection score that never touches the test rows;
+    absent when a class has fewer than two training rows, so there is nothing to cross-validate).
     With ``keep_correct`` also ``{"correct": [M] bool array}`` (for paired comparisons).
     """
     if extra_uncertainty is not None and not isinstance(extra_uncertainty, dict):
