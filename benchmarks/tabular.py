@@ -106,11 +106,12 @@ def override_args(pairs: list[str]) -> list[str]:
     out = []
     for p in pairs:
         key, eq, value = p.partition("=")
-        if not eq or not key.strip() or key.startswith("-"):
+        key = key.strip()
+        if not eq or not key or key.startswith("-"):
             raise SystemExit(f"--set {p!r}: expected KEY=VALUE, e.g. data.init_args.scale=quantile")
-        if key.strip() in ("data.init_args.seed", "seed_everything"):
+        if key.replace(".init_args.", ".") in ("data.seed", "seed_everything"):
             raise SystemExit(f"--set {p!r}: the seeds come from --seeds (model and split alike)")
-        out += [f"--{key.strip()}", value]
+        out += [f"--{key}", value]
     return out
 
 
@@ -266,7 +267,8 @@ def markdown(res: dict) -> str:
                 f"Paired, per model: test rows (of {r0['test_rows']} per seed, summed over seeds) only the "
                 "raw features / only the embedding classify correctly, the exact two-sided McNemar "
                 "p-value of the difference, and the accuracy difference in points with its 95 % "
-                "interval (Tango's score interval for paired proportions).",
+                "interval (Tango's score interval for paired proportions; it matches McNemar's asymptotic "
+                "test, so near p = 0.05 it can exclude 0 while the exact p is a little above).",
                 "",
                 "| model | raw only | embedding only | embedding − raw (rows) | McNemar p | difference, 95 % CI (points) |",
                 "|---|---:|---:|---:|---:|---:|",

@@ -94,8 +94,11 @@ def test_set_overrides_reach_the_fit_and_are_cached_apart(tmp_path, monkeypatch)
     for bad in ("scale", "=3", "--data.scale=1"):
         with pytest.raises(SystemExit, match="KEY=VALUE"):
             bench.override_args([bad])
-    with pytest.raises(SystemExit, match="--seeds"):
-        bench.override_args(["data.init_args.seed=4"])
+    for seed_key in ("data.init_args.seed=4", "data.seed=4", " seed_everything=1"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            bench.override_args([seed_key])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.override_args([" --x=1"])
     monkeypatch.setattr(bench, "CACHE", [tmp_path])
     plain = bench.cache_name("toy", 3)
     monkeypatch.setattr(bench, "OVERRIDES", ["data.init_args.scale=quantile"])

@@ -106,6 +106,11 @@ def test_quantile_scaling_gives_normal_scores_of_the_training_mid_ranks():
     assert np.all(np.diff(v_test[order, 0]) >= 0)
     flat = TablePreprocessor(target="label", scale="quantile").fit(train.assign(age=7.0))
     assert flat.transform(test.assign(age=9.0))[0][:, 0].tolist() == [0.0] * len(test)  # constant → 0
+    from varjepa.tabular.data import NormalScores
+
+    for bad in (np.nan, -np.inf):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            NormalScores().fit(np.array([[1.0], [bad]]))
     dm = TabularDataModule(dataset="breast_cancer", scale="quantile", seed=3)  # the option reaches the table
     dm.setup()
     x = dm.arrays["train"][0]

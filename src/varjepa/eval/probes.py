@@ -49,7 +49,8 @@ def fit_linear_probe(
     ``C="cv"`` picks the inverse regularisation strength from ``cs`` (default :data:`PROBE_CS`) by
     stratified 5-fold cross-validation on the training data only (standard linear evaluation),
     repeated ``repeats`` times with fresh folds (fewer folds if a class is smaller), and records
-    the mean held-out-fold accuracy at that ``C`` as ``cv_accuracy_``; a number fixes ``C``.
+    the mean held-out-fold accuracy at that ``C`` as ``cv_accuracy_`` (the best of the grid, so
+    slightly optimistic; fair for comparing feature sets on the same folds); a number fixes ``C``.
     """
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     if C != "cv":

@@ -107,6 +107,10 @@ class NormalScores:
     def fit(self, x: np.ndarray) -> NormalScores:
         """Learn each column's distinct training values and their mid-rank probabilities."""
         x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError(
+                "NormalScores.fit: the training columns hold NaN or infinite values; impute them first"
+            )
         self.points: list[tuple[np.ndarray, np.ndarray]] = []
         for col in x.T:
             values, counts = np.unique(col, return_counts=True)
