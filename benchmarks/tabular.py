@@ -102,7 +102,8 @@ OVERRIDES: list[str] = []  # --set KEY=VALUE ...: config overrides of the tables
 
 def override_args(pairs: list[str]) -> list[str]:
     """``["data.init_args.scale=quantile"]`` → ``["--data.init_args.scale", "quantile"]`` (the
-    CLI's own syntax); a pair without ``=`` or with an empty key is refused."""
+    CLI's own syntax); a pair without ``=``, with an empty key, or setting a seed (those come from
+    ``--seeds``) is refused."""
     out = []
     for p in pairs:
         key, eq, value = p.partition("=")

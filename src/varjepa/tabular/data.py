@@ -2,12 +2,12 @@
 
 :class:`TablePreprocessor` turns a ``pandas.DataFrame`` into one float32 matrix ``[N, F]`` in
 which numeric features are scaled with statistics of the *training split only* (standardised, or
-mapped through the training quantiles to a standard normal) and categorical features hold their
-integer level codes (exact small integers). Column types are
-declared or inferred; missing values either stop the run naming the row and column
-(``missing="error"``) or are imputed with training statistics (``missing="impute"``: median for
-numeric, most frequent level for categorical). Every bad input raises :class:`TabularDataError`
-naming the row, the column and the fix.
+mapped through the training distribution to a standard normal) and categorical features hold
+their integer level codes (exact small integers). Column types are declared or inferred;
+missing values either stop the run naming the row and column (``missing="error"``) or are
+imputed with training statistics (``missing="impute"``: median for numeric, most frequent level
+for categorical). Every bad input raises :class:`TabularDataError` naming the row, the column
+and the fix.
 
 :class:`TabularDataModule` serves ``{"values": [B, F], "label": [B], "index": [B]}`` batches;
 training and validation batches also carry feature-subset masks ``context_idx`` ``[B, Nc]`` and
@@ -292,7 +292,7 @@ class TablePreprocessor:
                 self.fill[name] = str(vals[np.argmax(counts)])
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
-        self.quantiles = (
+        self.normal_scores = (
             NormalScores().fit(np.stack(numeric, 1)) if self.scale == "quantile" and numeric else None
         )
         classes: list[str] = []
@@ -369,7 +369,7 @@ class TablePreprocessor:
         if self.scale == "standard":
             return (numeric - self.mean) / self.std
         if self.scale == "quantile":
-            return self.quantiles.transform(numeric)
+            return self.normal_scores.transform(numeric)
         return numeric
 
 
