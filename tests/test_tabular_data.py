@@ -4,9 +4,12 @@ row, column and fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.preprocessing import StandardScaler
 
 from varjepa.registry import ConfigError
@@ -286,3 +289,20 @@ def test_simulation_datamodule():
     assert dm.arrays["train"][0].shape == (64, 64) and dm.schema["x_dim"] == 32
     batch = next(iter(dm.plain_dataloader("test")))
     assert batch["values"].shape == (16, 64) and set(batch["label"].tolist()) <= {0, 1}
+
+
+def test_a_batch_larger_than_the_training_split_is_one_full_batch_per_epoch():
+    """The breast-cancer config relies on this: batch 512 over 409 training rows is one step per
+    epoch holding every training row once (no drop_last), in a new order every epoch."""
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs/tabular/breast_cancer.yaml").read_text())
+    batch_size = cfg["data"]["init_args"]["batch_size"]
+    dm = TabularDataModule(dataset="breast_cancer", batch_size=batch_size, seed=0)
+    dm.setup("fit")
+    n = len(dm.arrays["train"][1])
+    assert (n, batch_size) == (409, 512)
+    loader = dm.train_dataloader()
+    epochs = [list(loader) for _ in range(2)]  # a second pass is the next epoch
+    for batches in epochs:
+        assert len(batches) == 1 and batches[0]["values"].shape == (n, 30)
+        assert sorted(batches[0]["index"].tolist()) == list(range(n))
+    assert epochs[0][0]["index"].tolist() != epochs[1][0]["index"].tolist()
