@@ -21,6 +21,7 @@ from varjepa.tabular import (
     one_hot_features,
     simulate,
 )
+from varjepa.tabular.data import NormalScores
 
 
 def frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -109,8 +110,6 @@ def test_quantile_scaling_gives_normal_scores_of_the_training_mid_ranks():
     assert np.all(np.diff(v_test[order, 0]) >= 0)
     flat = TablePreprocessor(target="label", scale="quantile").fit(train.assign(age=7.0))
     assert flat.transform(test.assign(age=9.0))[0][:, 0].tolist() == [0.0] * len(test)  # constant → 0
-    from varjepa.tabular.data import NormalScores
-
     for bad in (np.nan, -np.inf):
         with pytest.raises(ValueError, match="NaN or infinite"):
             NormalScores().fit(np.array([[1.0], [bad]]))
